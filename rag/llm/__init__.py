@@ -1,0 +1,1 @@
+"""Chat models behind one port: Ollama, OpenAI-compatible servers, embedded llama.cpp."""

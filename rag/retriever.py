@@ -1,0 +1,75 @@
+"""Hybrid retrieval over the active collection: query embedding + BM25, fused in Qdrant."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import Engine
+
+from rag.embedders.base import Embedder
+from rag.errors import ConfigError, InputError
+from rag.manifest import CollectionRecord, ManifestRepository
+from rag.sparse import Bm25Encoder
+from rag.store import Fusion, Hit, Mode, QdrantStore, SearchFilter
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    hits: list[Hit]
+    collection: str
+    index_version: int
+    query_vector: np.ndarray
+    embed_s: float
+    search_s: float
+
+
+class Retriever:
+    def __init__(
+        self, *, engine: Engine, store: QdrantStore, embedder: Embedder,
+        prefetch_k: int = 40, fusion: Fusion = "dbsf",
+    ) -> None:
+        self._engine, self._store, self._embedder = engine, store, embedder
+        self._prefetch, self._fusion = prefetch_k, fusion
+        self._bm25: tuple[str, Bm25Encoder] | None = None
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    def active_collection(self) -> CollectionRecord:
+        with self._engine.connect() as conn:
+            active = ManifestRepository(conn).active_collection()
+        if active is None:
+            raise InputError("the knowledge base is empty: run `perimeter index FOLDER` first")
+        if active.embedder_id != self._embedder.model_id:
+            raise ConfigError(
+                f"PERIMETER_EMBED_MODEL: the index was built with {active.embedder_id}, the configured "
+                f"embedder is {self._embedder.model_id}; run `perimeter index` to rebuild it"
+            )
+        return active
+
+    def embed_query(self, question: str) -> np.ndarray:
+        return np.asarray(self._embedder.embed_queries([question])[0], dtype=np.float32)
+
+    def search(
+        self, question: str, *, limit: int, flt: SearchFilter | None = None, mode: Mode = "hybrid",
+        query_vector: np.ndarray | None = None,
+    ) -> Retrieval:
+        active = self.active_collection()
+        t0 = time.perf_counter()
+        qvec = self.embed_query(question) if query_vector is None else query_vector
+        t1 = time.perf_counter()
+        sparse = self._encoder(active).encode_query(question)
+        hits = self._store.search(
+            active.name, dense=qvec, sparse=sparse if sparse.indices else None, limit=limit,
+            prefetch=max(self._prefetch, limit), flt=flt,
+            mode="dense" if mode == "hybrid" and not sparse.indices else mode, fusion=self._fusion,
+        )
+        return Retrieval(hits, active.name, active.index_version, qvec, t1 - t0, time.perf_counter() - t1)
+
+    def _encoder(self, active: CollectionRecord) -> Bm25Encoder:
+        if self._bm25 is None or self._bm25[0] != active.name:
+            self._bm25 = (active.name, Bm25Encoder(avg_len=active.avg_len))
+        return self._bm25[1]
