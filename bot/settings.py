@@ -77,8 +77,9 @@ class RetrievalSettings(BaseSettings):
     top_k: int = Field(default=5, ge=1, le=50)
     prefetch_k: int = Field(default=40, ge=1, le=1000)
     fusion: Literal["rrf", "dbsf"] = "dbsf"
-    # Confidence gate: below this best dense cosine the question is "don't know".
-    min_confidence: float = Field(default=0.80, ge=0, le=1)
+    # Confidence gate: below this best dense cosine the question is "don't know". Calibrated for the
+    # bundled e5-small on examples/eval (see README); other embedders need their own value.
+    min_confidence: float = Field(default=0.84, ge=0, le=1)
     max_question_chars: int = Field(default=2000, ge=50)
     max_context_chars: int = Field(default=6000, ge=500)
     history_turns: int = Field(default=6, ge=0, le=50)

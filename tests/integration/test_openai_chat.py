@@ -54,7 +54,7 @@ async def test_sends_the_openai_request(model: OpenAICompatibleChat, fake_llm_se
 
     (request,) = fake_llm_server.generation_requests()
     assert request.path == "/v1/chat/completions"
-    assert request.headers["Authorization"] == "Bearer sk-local"
+    assert request.headers["authorization"] == "Bearer sk-local"
     assert request.body == {
         "model": "fake-model",
         "messages": [
@@ -101,9 +101,7 @@ async def test_max_tokens_cuts_with_finish_reason_length(model: OpenAICompatible
     assert result.usage.completion_tokens == 3
 
 
-async def test_server_error_message_is_surfaced(
-    model: OpenAICompatibleChat, fake_llm_server: FakeLLMServer
-) -> None:
+async def test_server_error_message_is_surfaced(model: OpenAICompatibleChat, fake_llm_server: FakeLLMServer) -> None:
     fake_llm_server.behaviour.status = 503
     fake_llm_server.behaviour.error_message = "engine is overloaded"
 
@@ -113,9 +111,7 @@ async def test_server_error_message_is_surfaced(
     assert "503" in caught.value.message
 
 
-async def test_bad_request_is_not_retryable(
-    model: OpenAICompatibleChat, fake_llm_server: FakeLLMServer
-) -> None:
+async def test_bad_request_is_not_retryable(model: OpenAICompatibleChat, fake_llm_server: FakeLLMServer) -> None:
     fake_llm_server.behaviour.status = 400
     fake_llm_server.behaviour.error_message = "prompt is longer than the context"
 
@@ -134,9 +130,7 @@ async def test_missing_model_is_named(fake_llm_server: FakeLLMServer) -> None:
     await chat.aclose()
 
 
-async def test_hanging_server_times_out_on_time(
-    model: OpenAICompatibleChat, fake_llm_server: FakeLLMServer
-) -> None:
+async def test_hanging_server_times_out_on_time(model: OpenAICompatibleChat, fake_llm_server: FakeLLMServer) -> None:
     fake_llm_server.behaviour.hang = True
     started = time.perf_counter()
 
@@ -196,9 +190,7 @@ async def test_nothing_listening_is_backend_unavailable() -> None:
     await chat.aclose()
 
 
-async def test_health_checks_the_model_is_served(
-    model: OpenAICompatibleChat, fake_llm_server: FakeLLMServer
-) -> None:
+async def test_health_checks_the_model_is_served(model: OpenAICompatibleChat, fake_llm_server: FakeLLMServer) -> None:
     assert await model.health()
     fake_llm_server.behaviour.models = ["other"]
     assert not await model.health()

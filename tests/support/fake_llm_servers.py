@@ -44,6 +44,8 @@ class FakeBehaviour:
 
 @dataclass(frozen=True)
 class RecordedRequest:
+    """What the server received; header names are lower-cased."""
+
     method: str
     path: str
     headers: dict[str, str]
@@ -148,7 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: test output is not the place for an access log."""
 
     def do_GET(self) -> None:
-        self._serve(None)
+        self._handle(None)
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -158,11 +160,12 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             self._send_json(400, {"error": "invalid JSON body"})
             return
-        self._serve(body)
+        self._handle(body)
 
-    def _serve(self, body: Any) -> None:
+    def _handle(self, body: Any) -> None:
         fake, behaviour = self.fake, self.fake.behaviour
-        fake._record(RecordedRequest(self.command, self.path, dict(self.headers.items()), body))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        fake._record(RecordedRequest(self.command, self.path, headers, body))
         generating = self.path in GENERATION_PATHS
         if generating:
             fake._enter_generation()

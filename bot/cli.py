@@ -1,0 +1,361 @@
+"""`perimeter` — the command line. Thin: parse, call one service, render.
+
+Exit codes: 0 ok, 1 evaluation below its threshold, 2 bad input or configuration,
+3 a backend is unavailable (retry later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bot.composition import Container
+from bot.settings import load_settings
+from rag.answer import AnswerResult
+from rag.errors import AppError, BackendUnavailable
+from rag.indexer import IndexSummary
+from rag.pipeline import AnswerRequest
+from rag.prompts import Turn
+
+app = typer.Typer(help="Perimeter: answers from your own documents with a local model.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+out = Console()
+err = Console(stderr=True)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _exit_code(exc: AppError) -> int:
+    return 3 if isinstance(exc, BackendUnavailable) else 2
+
+
+@contextmanager
+def _container() -> Iterator[Container]:
+    container = Container(load_settings())
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def _run(fn: Callable[[], None]) -> None:
+    """The CLI's one error edge: AppError → a readable message and an exit code."""
+    try:
+        fn()
+    except AppError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(_exit_code(exc)) from None
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, int, int, str], None]]:
+    if not enabled:
+        yield lambda *_: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("[dim]{task.fields[item]}"))
+    with Progress(*columns, console=err, transient=False) as bar:
+        tasks: dict[str, Any] = {}
+        labels = {"scan": "Reading files", "embed": "Embedding chunks", "ask": "Asking", "index": "Embedding"}
+
+        def report(phase: str, done: int, total: int, item: str = "") -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(labels.get(phase, phase), total=total, item="")
+            bar.update(tasks[phase], completed=done, total=total, item=item[-50:])
+
+        yield report
+
+
+def _print_summary(s: IndexSummary) -> None:
+    table = Table(title=f"Index {s.collection} · version {s.index_version}", show_header=True)
+    table.add_column("result")
+    table.add_column("files", justify="right")
+    table.add_row("added", str(len(s.added)))
+    table.add_row("changed", str(len(s.changed)))
+    table.add_row("deleted", str(len(s.deleted)))
+    table.add_row("unchanged", str(s.unchanged))
+    table.add_row("skipped", str(len(s.skipped)), style="yellow" if s.skipped else None)
+    table.add_row("not a document format", str(s.ignored), style="dim")
+    out.print(table)
+    out.print(f"chunks: {s.chunks_embedded} embedded, {s.chunks_reused} reused, {s.chunks_total} in the index · "
+              f"{s.duration_s:.1f} s")
+    if s.switched_from:
+        out.print(f"switched from {', '.join(s.switched_from)} (new embedding model) — old collection removed")
+    for file, reason in s.skipped:
+        out.print(f"  [yellow]skipped[/yellow] {escape(file)}: {escape(reason)}")
+
+
+def _do_index(container: Container, paths: list[Path], as_json: bool, show_progress: bool) -> IndexSummary:
+    with _progress(show_progress and not as_json) as report:
+        summary = container.indexer.index(paths, progress=report)
+    container.purge_stale_answers()
+    if as_json:
+        print(json.dumps(summary.to_json(), ensure_ascii=False, indent=2))
+    else:
+        _print_summary(summary)
+    return summary
+
+
+@app.command()
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Folders with documents", exists=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars")] = True,
+) -> None:
+    """Index folders incrementally: only new and changed files are embedded."""
+
+    def go() -> None:
+        with _container() as c:
+            _do_index(c, paths, as_json, progress)
+
+    _run(go)
+
+
+def _render(result: AnswerResult) -> None:
+    style = "yellow" if result.escalate or result.mode != "generated" else "green"
+    label = {"generated": "answer", "extractive": "extractive answer (no model)", "cached": "answer (from cache)",
+             "none": "escalate to an operator"}[result.mode]
+    out.print(f"[bold {style}]{label}[/bold {style}]")
+    out.print(escape(result.text))
+    if result.sources:
+        out.print("[bold]sources[/bold]")
+        for s in result.sources:
+            where = f" — {s.heading}" if s.heading else ""
+            link = f" <{s.url}>" if s.url else ""
+            out.print(f"  [{s.n}] {escape(s.title)}{escape(where)} [dim]({escape(s.source_id)}){escape(link)}[/dim]")
+    facts = [f"confidence {result.confidence:.2f}"]
+    if result.escalate:
+        facts.append(f"escalate: {result.reason}")
+    if result.degraded:
+        facts.append(f"degraded: {result.degraded}")
+    timing = " ".join(f"{k} {v * 1000:.0f}ms" for k, v in result.timings.items())
+    out.print(f"[dim]{' · '.join(facts)}\n{timing}[/dim]")
+    if result.usage:
+        u = result.usage
+        out.print(f"[dim]{u.backend}:{u.model} tokens {u.prompt_tokens}+{u.completion_tokens}[/dim]")
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question")],
+    operator: Annotated[bool, typer.Option(help="Ask as an operator (operator-only documents too)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+) -> None:
+    """Answer one question with sources, confidence and timings."""
+
+    def go() -> None:
+        with _container() as c:
+            if not as_json:
+                err.print(f"[dim]model: {c.model_choice.description}[/dim]")
+            request = AnswerRequest(question, audience="operator" if operator else "customer")
+
+            async def answer() -> AnswerResult:
+                try:
+                    return await c.pipeline.answer(request)
+                finally:
+                    await c.aclose()
+
+            result = asyncio.run(answer())
+            if as_json:
+                print(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
+            else:
+                _render(result)
+
+    _run(go)
+
+
+def _chat_loop(c: Container, operator: bool) -> None:
+    out.print(f"[bold]Perimeter chat[/bold] · model: {escape(c.model_choice.description)}")
+    out.print("[dim]Ask in Russian or English. Empty line or Ctrl-D to quit; /new forgets the history.[/dim]")
+    history: list[Turn] = []
+
+    async def loop() -> None:
+        try:
+            while True:
+                try:
+                    line = await asyncio.to_thread(input, "\n> ")
+                except (EOFError, KeyboardInterrupt):
+                    return
+                if not line.strip():
+                    return
+                if line.strip() == "/new":
+                    history.clear()
+                    continue
+                try:
+                    result = await c.pipeline.answer(
+                        AnswerRequest(line, history=list(history), audience="operator" if operator else "customer")
+                    )
+                except AppError as exc:
+                    err.print(f"[red]error:[/red] {escape(str(exc))}")
+                    continue
+                _render(result)
+                history.extend([Turn("user", line), Turn("assistant", result.text)])
+        finally:
+            await c.aclose()
+
+    asyncio.run(loop())
+
+
+@app.command()
+def chat(
+    operator: Annotated[bool, typer.Option(help="Chat as an operator (operator-only documents too)")] = False,
+) -> None:
+    """An interactive chat in the terminal, with history."""
+
+    def go() -> None:
+        with _container() as c:
+            c.retriever.active_collection()  # fail now, not at the first question, if nothing is indexed
+            _chat_loop(c, operator)
+
+    _run(go)
+
+
+@app.command()
+def demo(
+    chat_after: Annotated[bool, typer.Option("--chat/--no-chat", help="Open the chat after indexing")] = True,
+) -> None:
+    """Index the bundled sample bank's knowledge base and open the chat on it."""
+
+    def go() -> None:
+        kb = EXAMPLES / "kb"
+        if not kb.is_dir():
+            raise AppError(f"the sample knowledge base is missing at {kb}")
+        with _container() as c:
+            out.print(f"[bold]Perimeter demo[/bold] · data in {c.settings.data_dir.resolve()}")
+            out.print(f"model: {escape(c.model_choice.description)}")
+            out.print("vector store: " + (c.settings.qdrant.url or f"embedded Qdrant at {c.settings.qdrant_path}"))
+            out.print(f"embedder: {c.embedder.model_id}")
+            _do_index(c, [kb], False, True)
+            out.print("Try: «скок стоит обслуживание карты», «карту украли что делать», "
+                      "\"how do I send money abroad\"")
+            if chat_after and sys.stdin.isatty():
+                _chat_loop(c, operator=False)
+            elif chat_after:
+                out.print("[dim]stdin is not a terminal: skipping the chat. Run `perimeter chat` yourself.[/dim]")
+
+    _run(go)
+
+
+@app.command("eval")
+def evaluate(
+    dataset: Annotated[Path, typer.Argument(help="JSONL eval set, or XQuAD / XQuAD-R JSON")],
+    no_llm: Annotated[bool, typer.Option("--no-llm", help="Measure retrieval only")] = False,
+    report: Annotated[Path | None, typer.Option(help="Write the figures as JSON to this file")] = None,
+    min_recall5: Annotated[float | None, typer.Option("--min-recall5", help="Exit 1 below this recall@5")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N questions")] = None,
+    mode: Annotated[str, typer.Option(help="hybrid | dense | sparse")] = "hybrid",
+    fusion: Annotated[str | None, typer.Option(help="rrf | dbsf (default: PERIMETER_RAG_FUSION)")] = None,
+    show_misses: Annotated[bool, typer.Option(help="List the questions whose gold was not in the top 5")] = False,
+) -> None:
+    """Recall@1, recall@5, MRR@10 of the gold sources; escalation and answer F1 with a model."""
+    from rag.eval.datasets import load_dataset
+    from rag.eval.harness import candidate_index, eval_retriever, run_eval
+    from rag.pipeline import AnswerPipeline
+
+    if mode not in ("hybrid", "dense", "sparse") or (fusion and fusion not in ("rrf", "dbsf")):
+        err.print("[red]error:[/red] --mode is hybrid|dense|sparse, --fusion is rrf|dbsf")
+        raise typer.Exit(2)
+
+    def go() -> None:
+        evalset = load_dataset(dataset, limit=limit)
+        with _container() as c:
+            fuse = fusion or c.settings.rag.fusion
+            client = None
+            if evalset.candidates is not None:
+                with _progress(True) as bar:
+                    client, record = candidate_index(
+                        evalset, embedder=c.embedder, data_dir=c.settings.data_dir,
+                        progress=lambda p, d, t: bar(p, d, t, ""),
+                    )
+                retriever = eval_retriever(client, record, c.embedder, fusion=fuse,  # type: ignore[arg-type]
+                                           prefetch_k=c.settings.rag.prefetch_k)
+            else:
+                retriever = c.retriever
+                if fusion:
+                    retriever = eval_retriever(c.qdrant, retriever.active_collection(), c.embedder,
+                                               fusion=fuse, prefetch_k=c.settings.rag.prefetch_k)  # type: ignore[arg-type]
+            pipeline = None
+            if not no_llm:
+                choice = c.model_choice
+                err.print(f"[dim]model: {choice.description}[/dim]")
+                # Evaluation measures the pipeline, not the cache.
+                pipeline = AnswerPipeline(retriever, choice.model, c.pipeline_config(), cache=None,
+                                          no_model_reason=choice.description)
+
+            async def run() -> Any:
+                try:
+                    with _progress(True) as bar:
+                        return await run_eval(evalset, retriever, pipeline=pipeline, mode=mode,  # type: ignore[arg-type]
+                                              progress=lambda p, d, t: bar(p, d, t, ""))
+                finally:
+                    await c.aclose()
+
+            try:
+                result = asyncio.run(run())
+            finally:
+                if client is not None:
+                    client.close()
+        figures = result.report.to_json()
+        _print_eval(figures)
+        if show_misses:
+            for o in result.outcomes:
+                if o.golds and (o.rank is None or o.rank > 5):
+                    out.print(f"[yellow]miss[/yellow] {escape(o.question)} → gold {o.golds}, got {o.ranked[:3]}")
+                if o.expected_escalate and pipeline is not None and not o.escalated:
+                    out.print(f"[yellow]not escalated[/yellow] {escape(o.question)}")
+        if report:
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(json.dumps(figures, ensure_ascii=False, indent=2))
+        if min_recall5 is not None and not figures["recall@5"] >= min_recall5:  # NaN fails too
+            err.print(f"[red]recall@5 {figures['recall@5']:.3f} is below {min_recall5}[/red]")
+            raise typer.Exit(1)
+
+    _run(go)
+
+
+def _print_eval(figures: dict[str, Any]) -> None:
+    table = Table(title=f"Evaluation: {figures.get('dataset')} ({figures.get('mode')})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("n", "recall@1", "recall@5", "mrr@10", "unanswerable", "unanswerable_escalated",
+                "answerable_escalated", "answer_f1"):
+        if key in figures:
+            v = figures[key]
+            table.add_row(key, f"{v:.3f}" if isinstance(v, float) else str(v))
+    for stage, ps in figures.get("latency_s", {}).items():
+        table.add_row(f"{stage} p50 / p95", f"{ps['p50'] * 1000:.1f} / {ps['p95'] * 1000:.1f} ms")
+    out.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the database schema to the head revision."""
+    from bot.storage.database import upgrade
+
+    def go() -> None:
+        upgrade(load_settings().database_url)
+        out.print("database is at the head revision")
+
+    _run(go)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""Shared fixtures. Tests never read the developer's `.env` or data directory."""
+
+from __future__ import annotations
+
+pytest_plugins = ["tests.support.fixtures"]
