@@ -51,7 +51,9 @@ class SentenceTransformerEmbedder:
         self._qp = qp if query_prefix is None else query_prefix
         self._pp = pp if passage_prefix is None else passage_prefix
         self._batch = batch_size
-        self.dim = int(self._model.get_sentence_embedding_dimension() or 0)
+        # Renamed in sentence-transformers 6; older releases only have the long name.
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self.dim = int(get_dim() or 0)
         self.model_id = "st-" + os.path.basename(str(model_name_or_path).rstrip("/"))
 
     def _encode(self, texts: Sequence[str], prefix: str) -> Vectors:

