@@ -202,7 +202,7 @@ def _chat_loop(c: Container, operator: bool) -> None:
                     err.print(f"[red]error:[/red] {escape(str(exc))}")
                     continue
                 _render(result)
-                history.extend([Turn("user", line), Turn("assistant", result.text)])
+                history.extend([Turn("user", c.pipeline.prepare_question(line)), Turn("assistant", result.text)])
         finally:
             await c.aclose()
 

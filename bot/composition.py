@@ -70,7 +70,8 @@ def build_qdrant_client(settings: Settings) -> QdrantClient:
     cfg = settings.qdrant
     if cfg.url:
         key = cfg.api_key.get_secret_value() if cfg.api_key else None
-        return QdrantClient(url=cfg.url, api_key=key, timeout=int(cfg.timeout_s))
+        # No version probe at construction: it runs in a background thread and only warns.
+        return QdrantClient(url=cfg.url, api_key=key, timeout=int(cfg.timeout_s), check_compatibility=False)
     settings.qdrant_path.mkdir(parents=True, exist_ok=True)
     return QdrantClient(path=str(settings.qdrant_path))
 

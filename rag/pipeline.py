@@ -159,8 +159,7 @@ class AnswerPipeline:
 
         t = time.perf_counter()
         messages = build_messages(
-            question, hits, language=language,
-            history=list(request.history)[-2 * self._cfg.history_turns :] if self._cfg.history_turns else [],
+            question, hits, language=language, history=self._bounded_history(request.history),
             customer_context=request.customer_context, max_context_chars=self._cfg.max_context_chars,
         )
         timings["prompt"] = time.perf_counter() - t
@@ -195,6 +194,23 @@ class AnswerPipeline:
             except Exception as exc:
                 log.warning("answer cache store failed: %s", exc)
         return result
+
+    def _bounded_history(self, history: Sequence[Turn]) -> list[Turn]:
+        """The recent turns, each cleaned and cut like a question, newest kept first within a
+        budget: a pasted wall of text earlier in the chat must not overflow later prompts."""
+        if not self._cfg.history_turns:
+            return []
+        budget = self._cfg.max_context_chars // 2
+        kept: list[Turn] = []
+        for turn in reversed(list(history)[-2 * self._cfg.history_turns :]):
+            text = normalize_text(turn.text).strip()[: self._cfg.max_question_chars]
+            if not text:
+                continue
+            if len(text) > budget:
+                break
+            budget -= len(text)
+            kept.append(Turn(turn.role, text))
+        return kept[::-1]
 
     def _extractive(self, hits: list[Hit], language: str, confidence: float, why: str) -> AnswerResult:
         return AnswerResult(

@@ -108,6 +108,10 @@ def last_messages(server: FakeLLMServer) -> list[dict[str, str]]:
     return messages
 
 
+def request_headers(server: FakeLLMServer) -> dict[str, str]:
+    return server.generation_requests()[-1].headers
+
+
 def source_blocks(user_content: str) -> list[tuple[str, str]]:
     """(attributes, quoted text) of every <source> block in the prompt."""
     return [(m.group("attrs"), m.group("text")) for m in _SOURCE_BLOCK.finditer(user_content)]
@@ -473,6 +477,35 @@ async def test_a_huge_question_is_cut_and_the_prompt_stays_bounded(
     overhead = 3_000  # system prompt, labels and <source> tag attributes
     assert sent <= config.max_question_chars + config.max_context_chars + overhead
     assert marker not in request["messages"][-1]["content"]
+    # On the wire too (6 bytes a character even if a client escaped all Cyrillic), far below
+    # the 50,000-character question itself.
+    assert int(request_headers(fake_llm_server)["content-length"]) <= 6 * (
+        config.max_question_chars + config.max_context_chars + overhead
+    ) < len(question.encode())
+
+
+async def test_a_huge_earlier_turn_does_not_unbound_the_prompt(
+    kb: Stack, model: OllamaChat, fake_llm_server: FakeLLMServer
+) -> None:
+    """`perimeter chat` keeps the user's raw line as history; a long paste must not ride along
+    in full with every follow-up (the prompt must stay inside the model's context)."""
+    fake_llm_server.behaviour.reply = "Перевыпуск стоит 200 ₽ [1]."
+    config = PipelineConfig()
+    pasted = (CLASSIC_RU + " ") * (50_000 // (len(CLASSIC_RU) + 1))
+    history = [Turn("user", pasted), Turn("assistant", "Обслуживание стоит 99 ₽ в месяц [1].")]
+
+    result = await pipeline(kb, model).answer(
+        AnswerRequest("А сколько стоит перевыпуск карты «Классик» при утере?", history=history)
+    )
+
+    assert result.mode == "generated"
+    (request,) = chat_requests(fake_llm_server)
+    sent = sum(len(m["content"]) for m in request["messages"])
+    overhead = 3_000
+    # Each earlier turn bounded like a question: at most two of them here.
+    assert sent <= 2 * config.max_question_chars + config.max_context_chars + overhead, (
+        f"{sent} characters sent to the model; the earlier turn alone is {len(pasted)}"
+    )
 
 
 @pytest.mark.parametrize("question", ["", "   ", "\n\t  \n", "\u200b\u200d\ufeff"])
