@@ -164,7 +164,10 @@ def ask(
 
             async def answer() -> AnswerResult:
                 try:
-                    return await c.pipeline.answer(request)
+                    if as_json or not err.is_terminal:
+                        return await c.pipeline.answer(request)
+                    with err.status("searching the knowledge base and asking the model…"):
+                        return await c.pipeline.answer(request)
                 finally:
                     await c.aclose()
 
@@ -195,9 +198,10 @@ def _chat_loop(c: Container, operator: bool) -> None:
                     history.clear()
                     continue
                 try:
-                    result = await c.pipeline.answer(
-                        AnswerRequest(line, history=list(history), audience="operator" if operator else "customer")
-                    )
+                    with err.status("searching the knowledge base and asking the model…"):
+                        result = await c.pipeline.answer(
+                            AnswerRequest(line, history=list(history), audience="operator" if operator else "customer")
+                        )
                 except AppError as exc:
                     err.print(f"[red]error:[/red] {escape(str(exc))}")
                     continue
