@@ -33,6 +33,17 @@ DATASETS = (REPO / ".." / "shared" / "datasets").resolve()
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+def code_digest(*relative_paths: str) -> str:
+    """Hash of source files whose change must invalidate a cache (the BM25 encoder, the harness...)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for rel in relative_paths:
+        h.update(rel.encode())
+        h.update((REPO / rel).read_bytes())
+    return h.hexdigest()[:12]
+
+
 def _run(cmd: Sequence[str]) -> str:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=10).stdout.strip()

@@ -8,6 +8,7 @@ is word salad — fine for timing, meaningless for quality.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from collections import Counter
@@ -37,7 +38,7 @@ class KbVocabulary:
                 words[lang].update(t.lower() for t in tokens if bool(_CYRILLIC.search(t)) == (lang == "ru"))
         self.rng = random.Random(seed)
         self._vocab = {lang: list(c) for lang, c in words.items()}
-        self._weights = {lang: list(c.values()) for lang, c in words.items()}
+        self._cum = {lang: list(itertools.accumulate(c.values())) for lang, c in words.items()}
         self._lengths = lengths
         self.ru_share = len(lengths["ru"]) / (len(lengths["ru"]) + len(lengths["en"]))
         self.vocab_size = {lang: len(v) for lang, v in self._vocab.items()}
@@ -47,7 +48,7 @@ class KbVocabulary:
         return "ru" if self.rng.random() < self.ru_share else "en"
 
     def words(self, lang: str, n: int) -> list[str]:
-        return self.rng.choices(self._vocab[lang], weights=self._weights[lang], k=n)
+        return self.rng.choices(self._vocab[lang], cum_weights=self._cum[lang], k=n)
 
     def phrase(self, lang: str, n: int = 3) -> str:
         return " ".join(self.words(lang, n)).capitalize()

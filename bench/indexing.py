@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import CACHE_DIR, REPO, CpuMonitor, log, machine, print_machine, table, write_json
+from _common import CACHE_DIR, REPO, CpuMonitor, code_digest, log, machine, print_machine, table, write_json
 from _corpus import KbVocabulary
 
 import rag.indexer as indexer_module
@@ -180,7 +180,8 @@ def throughput(seed: int, files: int, sections: int) -> dict[str, Any]:
 
 def ensure_10k(seed: int) -> tuple[Path, Path, dict[str, Any]]:
     corpus, data, marker_path = ROOT / "kb10k", ROOT / "data10k", ROOT / "kb10k.json"
-    want = {"version": CORPUS_VERSION, "seed": seed, "files": 1000, "sections": 10}
+    want = {"version": CORPUS_VERSION, "seed": seed, "files": 1000, "sections": 10,
+            "code": code_digest("rag/sparse.py", "rag/chunking.py", "rag/parsing/markdown.py", "rag/indexer.py")}
     marker = json.loads(marker_path.read_text()) if marker_path.exists() else {}
     if all(marker.get(k) == v for k, v in want.items()) and corpus.is_dir() and data.is_dir():
         return corpus, data, marker
@@ -263,6 +264,17 @@ def reindex(seed: int, repeats: int) -> dict[str, Any]:
         s, wall, mon = timed_index(c, corpus)
         runs.append(_row(f"changed 1 % ({len(changed)} files, one section each)", s, wall, mon))
         log(f"  changed 1 %: {wall:.2f} s, {s.chunks_embedded} chunks embedded ({mon.short()})")
+
+        # Another 1 %: a new section inserted at the top. Point ids include the chunk's position,
+        # so every later chunk of those files gets a new id and is embedded again.
+        inserted = files[(offset + 50) % 100 :: 100][:10]
+        for p in inserted:
+            text = p.read_text(encoding="utf-8").split("\n")
+            text[1:1] = ["", f"## Новости {token}", "", f"Ревизия {token}: добавлен раздел в начало.", ""]
+            p.write_text("\n".join(text), encoding="utf-8")
+        s, wall, mon = timed_index(c, corpus)
+        runs.append(_row(f"1 % ({len(inserted)} files): a section inserted at the top", s, wall, mon))
+        log(f"  inserted at top: {wall:.2f} s, {s.chunks_embedded} chunks embedded ({mon.short()})")
     finally:
         c.close()
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import CACHE_DIR, DATASETS, CpuMonitor, log, machine, pct_ms, print_machine, table, write_json
+from _common import CACHE_DIR, DATASETS, CpuMonitor, code_digest, log, machine, pct_ms, print_machine, table, write_json
 
 from rag.embedders.base import Embedder, Vectors
 from rag.eval.datasets import load_dataset
@@ -45,6 +45,7 @@ REFERENCE_RU = {
     "hybrid RRF": (0.734, 0.920, 0.816),
 }
 TARGET_RU = {"recall@1": 0.80, "recall@5": 0.95}
+CACHE_KEY_FILES = ("rag/sparse.py", "rag/eval/harness.py")
 PREFETCH_K = 40  # the service default (PERIMETER_RAG_PREFETCH_K)
 
 
@@ -142,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--langs", nargs="+", default=["ru", "en"], choices=["ru", "en"])
     parser.add_argument("--limit", type=int, default=None, help="only the first N questions (default: all)")
-    parser.add_argument("--data-dir", type=Path, default=CACHE_DIR / "xquad-r",
+    # candidate_index keys its cache on the chunks' content only, not on the BM25 encoder, so a
+    # change to rag/sparse.py would leave stale document vectors: key the directory on that code.
+    parser.add_argument("--data-dir", type=Path, default=CACHE_DIR / "xquad-r" / code_digest(*CACHE_KEY_FILES),
                         help="where the embedded candidate collections are cached")
     parser.add_argument("--json-name", default="retrieval_xquad_r")
     args = parser.parse_args(argv)
