@@ -46,7 +46,10 @@ REFERENCE_RU = {
 }
 TARGET_RU = {"recall@1": 0.80, "recall@5": 0.95}
 CACHE_KEY_FILES = ("rag/sparse.py", "rag/eval/harness.py")
-PREFETCH_K = 40  # the service default (PERIMETER_RAG_PREFETCH_K)
+# The service default (PERIMETER_RAG_PREFETCH_K). With a filter, the embedded-mode store fetches
+# max(prefetch, 4 x limit) unfiltered candidates and filters them afterwards (QdrantStore
+# post_filter), so at RETRIEVE_K = 30 the effective prefetch here is 120; on a server it is 40.
+PREFETCH_K = 40
 
 
 @dataclass

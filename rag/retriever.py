@@ -61,7 +61,7 @@ class Retriever:
         hits = self._store.search(
             active.name, dense=qvec, sparse=sparse if sparse.indices else None, limit=limit,
             prefetch=max(self._prefetch, limit), flt=flt,
-            mode="dense" if mode == "hybrid" and not sparse.indices else mode, fusion=self._fusion,
+            mode=_effective_mode(mode, bool(sparse.indices)), fusion=self._fusion,
         )
         return Retrieval(hits, active.name, active.index_version, qvec, t1 - t0, time.perf_counter() - t1)
 
@@ -69,6 +69,11 @@ class Retriever:
         if self._bm25 is None or self._bm25[:2] != (active.name, active.avg_len):
             self._bm25 = (active.name, active.avg_len, Bm25Encoder(avg_len=active.avg_len))
         return self._bm25[2]
+
+
+def _effective_mode(mode: Mode, has_terms: bool) -> Mode:
+    """A question of stop words only has no BM25 terms: search it densely instead of failing."""
+    return "dense" if mode in ("hybrid", "sparse") and not has_terms else mode
 
 
 def manifest_collection(engine: Engine, embedder_id: str) -> Callable[[], CollectionRecord]:

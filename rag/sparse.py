@@ -39,7 +39,12 @@ about as into from is are was were be been being do does did have has had i you 
 they me my your our their this that these those what which who whom how why when where there
 here can could would should will shall may might must not no so than too very just s t
 """
-_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+# Folded like the text they are matched against («моё» → «мое»).
+_STOPWORDS = frozenset(_STOPWORD_TEXT.replace("ё", "е").split())
+
+# Bump when tokenisation or weighting changes: stored document vectors of another version
+# would silently disagree with the queries.
+ENCODER_VERSION = "bm25-snowball-1"
 
 
 @dataclass(frozen=True)

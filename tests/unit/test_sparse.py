@@ -42,3 +42,7 @@ def test_query_vector_counts_each_term_once() -> None:
 def test_average_length() -> None:
     assert average_length(["вклад ставка", "карта"]) == 1.5
     assert average_length([]) > 0
+
+
+def test_stopwords_with_yo_are_dropped() -> None:
+    assert tokenize("моё всё") == []
