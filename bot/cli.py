@@ -44,7 +44,9 @@ def _exit_code(exc: AppError) -> int:
 
 @contextmanager
 def _container() -> Iterator[Container]:
-    container = Container(load_settings())
+    settings = load_settings()
+    logging.getLogger().setLevel(settings.log_level)  # PERIMETER_LOG_LEVEL
+    container = Container(settings)
     try:
         yield container
     finally:

@@ -92,13 +92,6 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def exact_match(prediction: str, reference: str) -> bool:
-    return normalize_answer(prediction) == normalize_answer(reference)
-
-
-# --- aggregates ---------------------------------------------------------------------------------
-
-
 def percentiles(values: Iterable[float], ps: Sequence[float] = (50, 95, 99)) -> dict[str, float]:
     """Percentiles by linear interpolation between closest ranks (numpy's default method).
 
