@@ -346,6 +346,101 @@ def _print_eval(figures: dict[str, Any]) -> None:
     out.print(table)
 
 
+def _print_service_banner(c: Container, *, listening: str | None, ingress: str) -> None:
+    s = c.settings
+    tg = s.telegram
+    out.print("[bold]Perimeter service[/bold]")
+    if listening:
+        out.print(f"  http:          {listening}  (health: {listening}/healthz)")
+    out.print(f"  telegram:      {ingress} · Bot API {tg.api_url}")
+    out.print(f"  model:         {escape(c.model_choice.description)}")
+    out.print("  vector store:  " + (s.qdrant.url or f"embedded Qdrant at {s.qdrant_path}"))
+    out.print(f"  database:      {_redacted(s.database_url)}")
+    desk = c.tickets.desk
+    if desk.chat_id:
+        where = f"chat {desk.chat_id}" + (f", topic {desk.topic_id}" if desk.topic_id else "")
+    elif desk.operator_ids:
+        where = "each operator's private chat"
+    else:
+        where = "[yellow]nowhere: set PERIMETER_TELEGRAM_OPERATOR_IDS[/yellow]"
+    out.print(f"  tickets go to: {where} · {len(desk.operator_ids)} operator(s)")
+
+
+def _redacted(url: str) -> str:
+    """A database URL without its password, for printing."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address (default: PERIMETER_HTTP_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (default: PERIMETER_HTTP_PORT)")] = None,
+) -> None:
+    """Run the service: the HTTP app, the Telegram webhook (or polling when no webhook URL is
+    configured), the update worker and the outbox."""
+    import uvicorn
+
+    from bot.service import ServiceRuntime
+    from bot.web.app import create_app
+
+    def go() -> None:
+        with _container() as c:
+            ingress = c.webhook_ingress()
+            runtime = ServiceRuntime(c, "webhook" if ingress else "polling")
+            bind_host, bind_port = host or c.settings.http.host, port or c.settings.http.port
+            app_ = create_app(webhook=ingress)
+            server = uvicorn.Server(uvicorn.Config(app_, host=bind_host, port=bind_port, log_level="warning",
+                                                   access_log=False, lifespan="on"))
+
+            async def main() -> None:
+                await runtime.start()
+                try:
+                    mode = (f"webhook {c.settings.telegram.webhook_url} -> POST /telegram/webhook" if ingress
+                            else "polling getUpdates")
+                    _print_service_banner(c, listening=f"http://{bind_host}:{bind_port}", ingress=mode)
+                    if runtime.bot_username:
+                        out.print(f"  bot:           @{runtime.bot_username}")
+                    await server.serve()
+                finally:
+                    await runtime.stop()
+
+            asyncio.run(main())
+
+    _run(go)
+
+
+@app.command("bot")
+def run_bot() -> None:
+    """Development mode: the Telegram bot by polling, no HTTP server."""
+    import signal
+
+    from bot.service import ServiceRuntime
+
+    def go() -> None:
+        with _container() as c:
+            runtime = ServiceRuntime(c, "polling")
+
+            async def main() -> None:
+                await runtime.start()
+                loop = asyncio.get_running_loop()
+                stopped = asyncio.Event()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, stopped.set)
+                try:
+                    _print_service_banner(c, listening=None, ingress="polling getUpdates")
+                    if runtime.bot_username:
+                        out.print(f"  bot:           @{runtime.bot_username} · Ctrl-C to stop")
+                    await stopped.wait()
+                finally:
+                    await runtime.stop()
+
+            asyncio.run(main())
+
+    _run(go)
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Bring the database schema to the head revision."""

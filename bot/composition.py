@@ -7,24 +7,39 @@ releases what was opened.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import httpx
 from qdrant_client import QdrantClient
 from sqlalchemy import Engine
 
 from bot.settings import Settings
-from bot.storage.database import create_db_engine, ensure_schema
+from bot.storage.database import Database, create_db_engine, ensure_schema
+from bot.storage.tables import utcnow
 from rag.answer_cache import SemanticAnswerCache
 from rag.embedders.base import Embedder
 from rag.errors import BackendUnavailable, ConfigError
 from rag.indexer import Indexer, collection_name
 from rag.llm.base import ChatModel
+from rag.llm.breaker import CircuitBreakerChat
 from rag.llm.limiter import ConcurrencyLimiter
 from rag.pipeline import AnswerPipeline, PipelineConfig
 from rag.retriever import Retriever, manifest_collection
 from rag.store import QdrantStore
+
+if TYPE_CHECKING:  # the service parts import aiogram/FastAPI: only `serve` and `bot` need them
+    from aiogram import Bot, Dispatcher
+
+    from bot.conversations import ConversationService
+    from bot.operators import OperatorService
+    from bot.telegram.inbox import TelegramInbox, UpdateWorker
+    from bot.telegram.outbox import OutboxSender, TelegramOutbox
+    from bot.tickets import TicketService
+    from bot.web.app import WebhookIngress
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +119,14 @@ def build_chat_model(settings: Settings) -> ModelChoice:
         from rag.llm.ollama_chat import OllamaChat
 
         client = ollama.AsyncClient(host=cfg.ollama_url, timeout=cfg.timeout_s)
-        return ModelChoice(OllamaChat(client, cfg.model, limiter), why if ok else f"Ollama ({why})")
+        return ModelChoice(_guarded(OllamaChat(client, cfg.model, limiter)), why if ok else f"Ollama ({why})")
     if backend == "openai":
         from rag.llm.openai_chat import OpenAICompatibleChat
 
         http = httpx.AsyncClient(base_url=cfg.openai_url, timeout=cfg.timeout_s)
         key = cfg.api_key.get_secret_value() if cfg.api_key else None
         return ModelChoice(
-            OpenAICompatibleChat(http, cfg.model, limiter, api_key=key),
+            _guarded(OpenAICompatibleChat(http, cfg.model, limiter, api_key=key)),
             f"OpenAI-compatible server at {cfg.openai_url}, model {cfg.model}",
         )
     from rag.llm.llamacpp_chat import LlamaCppChat
@@ -123,6 +138,12 @@ def build_chat_model(settings: Settings) -> ModelChoice:
         LlamaCppChat(cfg.gguf_path, ConcurrencyLimiter(1, cfg.max_queue), n_ctx=cfg.n_ctx),
         f"embedded llama.cpp, {cfg.gguf_path.name}",
     )
+
+
+def _guarded(model: ChatModel) -> ChatModel:
+    """A model server that is down is not called again for a while: no retry storm, fast
+    escalation to an operator meanwhile."""
+    return CircuitBreakerChat(model, failure_threshold=3, reset_after_s=30.0)
 
 
 @dataclass
@@ -207,12 +228,126 @@ class Container:
         active = self.retriever.active_collection()
         cache.purge_stale(active.name, active.index_version)
 
+    # --- the service: Telegram, conversations, the escalation queue ----------------------------
+    clock: Callable[[], datetime] = utcnow
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.engine)
+
+    @cached_property
+    def outgoing(self) -> TelegramOutbox:
+        from bot.telegram.outbox import TelegramOutbox
+
+        return TelegramOutbox()
+
+    @cached_property
+    def tickets(self) -> TicketService:
+        from bot.tickets import OperatorDesk, TicketService
+
+        tg = self.settings.telegram
+        desk = OperatorDesk(chat_id=tg.operator_chat_id, topic_id=tg.operator_topic_id,
+                            operator_ids=tuple(tg.operator_ids), language=tg.operator_language)
+        return TicketService(self.outgoing, desk, clock=self.clock)
+
+    @cached_property
+    def conversations(self) -> ConversationService:
+        from bot.conversations import ConversationService
+
+        return ConversationService(
+            self.db, self.pipeline, self.tickets, self.outgoing, self.settings.chat, clock=self.clock,
+            history_turns=self.settings.rag.history_turns, summary_model=self.model_choice.model,
+            on_queued=self._outbox_notify,
+        )
+
+    @cached_property
+    def operators(self) -> OperatorService:
+        from bot.operators import OperatorService
+
+        return OperatorService(self.db, self.tickets, self.pipeline, self.outgoing, clock=self.clock,
+                               on_queued=self._outbox_notify)
+
+    def _outbox_notify(self) -> None:
+        if "outbox_sender" in self.__dict__:
+            self.outbox_sender.notify()
+
+    @cached_property
+    def bot(self) -> Bot:
+        from aiogram import Bot
+        from aiogram.client.session.aiohttp import AiohttpSession
+        from aiogram.client.telegram import TelegramAPIServer
+        from aiogram.utils.token import TokenValidationError
+
+        tg = self.settings.telegram
+        if tg.token is None:
+            raise ConfigError("PERIMETER_TELEGRAM_TOKEN: set the bot token from @BotFather")
+        session = AiohttpSession(api=TelegramAPIServer.from_base(tg.api_url), timeout=tg.request_timeout_s)
+        try:
+            return Bot(tg.token.get_secret_value(), session=session)
+        except TokenValidationError as exc:
+            raise ConfigError(f"PERIMETER_TELEGRAM_TOKEN: {exc}") from None
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        from aiogram import Dispatcher
+
+        from bot.telegram.handlers import build_router
+
+        dp = Dispatcher()
+        dp.include_router(build_router(self.conversations, self.operators))
+        return dp
+
+    @cached_property
+    def telegram_inbox(self) -> TelegramInbox:
+        from bot.telegram.inbox import TelegramInbox
+
+        return TelegramInbox(self.db, clock=self.clock)
+
+    @cached_property
+    def update_worker(self) -> UpdateWorker:
+        from bot.telegram.handlers import sender_from_payload
+        from bot.telegram.inbox import UpdateWorker
+
+        async def on_failure(event: object, error: str) -> None:
+            payload = getattr(event, "payload", {})
+            await self.conversations.record_failure(getattr(event, "id", 0), sender_from_payload(payload), error)
+
+        chat = self.settings.chat
+        return UpdateWorker(self.db, self.dispatcher, self.bot, clock=self.clock, concurrency=chat.worker_concurrency,
+                            lease_s=chat.lease_s, max_attempts=chat.max_attempts, on_failure=on_failure)
+
+    @cached_property
+    def outbox_sender(self) -> OutboxSender:
+        from bot.telegram.outbox import OutboxSender
+
+        tg = self.settings.telegram
+        return OutboxSender(self.bot, self.db, clock=self.clock, per_chat_interval_s=tg.per_chat_interval_s,
+                            global_rate_per_s=tg.global_rate_per_s, max_attempts=tg.send_max_attempts)
+
+    def webhook_ingress(self) -> WebhookIngress | None:
+        """The webhook route's settings, None in polling mode; a webhook without a secret is refused."""
+        from bot.web.app import WebhookIngress
+
+        tg = self.settings.telegram
+        if not tg.webhook_url:
+            return None
+        if tg.webhook_secret is None:
+            raise ConfigError(
+                "PERIMETER_TELEGRAM_WEBHOOK_SECRET: webhook mode needs a secret (16-256 characters of A-Z a-z 0-9 _ -)"
+            )
+        return WebhookIngress(tg.webhook_secret.get_secret_value(), self.telegram_inbox.store,
+                              self.update_worker.notify, max_body_bytes=self.settings.http.max_body_bytes)
+
     async def aclose(self) -> None:
+        if "bot" in self.__dict__:
+            await self.bot.session.close()
         if "model_choice" in self.__dict__ and self.model_choice.model is not None:
             await self.model_choice.model.aclose()
         self.close()
 
     def close(self) -> None:
+        if "pipeline" in self.__dict__:
+            self.pipeline.close()
         if "qdrant" in self.__dict__:
             self.qdrant.close()
         if "engine" in self.__dict__:

@@ -7,6 +7,7 @@ values and builds the adapters. `load_settings()` turns validation errors into a
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +94,60 @@ class DatabaseSettings(BaseSettings):
     url: str | None = Field(default=None, description="SQLAlchemy URL; unset = SQLite in the data dir")
 
 
+class TelegramSettings(BaseSettings):
+    model_config = _config("PERIMETER_TELEGRAM_")
+
+    token: SecretStr | None = Field(default=None, description="The bot token from @BotFather")
+    # A local Bot API server (or the test suite's stand-in) instead of api.telegram.org.
+    api_url: str = "https://api.telegram.org"
+    # Set: webhook mode (`perimeter serve` registers it); unset: `perimeter bot` polls.
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    operator_chat_id: int | None = Field(default=None, description="Group where tickets are posted")
+    operator_topic_id: int | None = Field(default=None, description="Forum topic for tickets in that group")
+    operator_ids: list[int] = Field(default_factory=list, description="Telegram user ids of operators")
+    operator_language: Literal["ru", "en"] = "ru"
+    reannounce_after_s: float = Field(default=600.0, ge=10)
+    # Outbox pacing: Telegram allows about one message a second into one chat.
+    per_chat_interval_s: float = Field(default=1.0, ge=0)
+    global_rate_per_s: float = Field(default=25.0, gt=0)
+    send_max_attempts: int = Field(default=8, ge=1, le=100)
+    request_timeout_s: float = Field(default=15.0, gt=0)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_shape(cls, v: SecretStr | None) -> SecretStr | None:
+        # Telegram accepts 1-256 characters A-Z, a-z, 0-9, _ and - in secret_token.
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_-]{16,256}", v.get_secret_value()):
+            raise ValueError("use 16-256 characters of A-Z, a-z, 0-9, _ and -")
+        return v
+
+
+class ConversationSettings(BaseSettings):
+    model_config = _config("PERIMETER_CHAT_")
+
+    # Per-user rate limit: at most `rate_limit_messages` questions in `rate_limit_window_s`.
+    rate_limit_messages: int = Field(default=8, ge=1)
+    rate_limit_window_s: float = Field(default=60.0, gt=0)
+    # After this long without messages a new conversation starts (history is not carried over).
+    idle_timeout_s: float = Field(default=3600.0, gt=0)
+    worker_concurrency: int = Field(default=4, ge=1, le=256)
+    # An event that failed this many times is recorded as failed, with its reason.
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    # A worker's claim on an event; a crashed worker's events are taken over after it.
+    # It is renewed while the event is being handled, so it only bounds how long a crashed
+    # process's events wait before they are taken over.
+    lease_s: float = Field(default=30.0, ge=3)
+
+
+class HttpSettings(BaseSettings):
+    model_config = _config("PERIMETER_HTTP_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+
+
 class Settings(BaseSettings):
     model_config = _config("PERIMETER_")
 
@@ -104,6 +159,9 @@ class Settings(BaseSettings):
     llm: LlmSettings = Field(default_factory=LlmSettings)
     rag: RetrievalSettings = Field(default_factory=RetrievalSettings)
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    chat: ConversationSettings = Field(default_factory=ConversationSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
 
     @field_validator("data_dir")
     @classmethod
@@ -128,6 +186,9 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "llm": LlmSettings,
     "rag": RetrievalSettings,
     "db": DatabaseSettings,
+    "telegram": TelegramSettings,
+    "chat": ConversationSettings,
+    "http": HttpSettings,
 }
 
 

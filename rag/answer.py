@@ -43,6 +43,9 @@ class AnswerResult:
     degraded: str | None = None
     index_version: int = 0
     used_customer_context: bool = False
+    # The error code when the model failed (then the text is extractive): the channel opens a
+    # ticket, since a person should check an answer the model could not give.
+    failure: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -65,4 +68,5 @@ class AnswerResult:
             degraded=data.get("degraded"),
             index_version=int(data.get("index_version", 0)),
             used_customer_context=bool(data.get("used_customer_context", False)),
+            failure=data.get("failure"),
         )

@@ -10,10 +10,13 @@ cannot be searched.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from rag.answer import AnswerResult, SourceRef
 from rag.answer_cache import SemanticAnswerCache
@@ -27,6 +30,8 @@ from rag.store import Hit, SearchFilter
 from rag.text import normalize_text
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 REASON_NO_DOCUMENTS = "no_relevant_documents"
 REASON_LOW_CONFIDENCE = "low_confidence"
@@ -83,6 +88,15 @@ class AnswerPipeline:
     ) -> None:
         self._retriever, self._model, self._cfg, self._cache = retriever, model, config, cache
         self._no_model_reason = no_model_reason
+        # Embedding and (embedded) Qdrant search are CPU-bound and not safe to run from many
+        # threads at once: one worker thread keeps them off the event loop, in order.
+        self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval")
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, lambda: fn(*args, **kwargs))
+
+    def close(self) -> None:
+        self._cpu.shutdown(wait=False, cancel_futures=True)
 
     @property
     def model(self) -> ChatModel | None:
@@ -120,7 +134,7 @@ class AnswerPipeline:
 
     async def answer(self, request: AnswerRequest) -> AnswerResult:
         t0 = time.perf_counter()
-        got = self.retrieve(request)
+        got = await self._off_loop(self.retrieve, request)
         question, language, hits, confidence, timings = (
             got.question, got.language, got.hits, got.confidence, dict(got.timings)
         )
@@ -140,8 +154,9 @@ class AnswerPipeline:
         if cache is not None:
             t = time.perf_counter()
             try:
-                found = cache.lookup(
-                    qvec, collection=collection, version=version, audience=request.audience, language=language
+                found = await self._off_loop(
+                    cache.lookup, qvec, collection=collection, version=version, audience=request.audience,
+                    language=language,
                 )
             except Exception as exc:  # the cache is an optimisation: its failure must not fail the answer
                 log.warning("answer cache lookup failed: %s", exc)
@@ -171,6 +186,7 @@ class AnswerPipeline:
         except BackendUnavailable as exc:
             log.warning("model unavailable, answering extractively: %s", exc)
             result = self._extractive(hits, language, confidence, f"model unavailable: {exc.code}: {exc}")
+            result.failure = exc.code
             return finish(result)
         timings["model_total"] = chat.usage.total_s
         if chat.usage.time_to_first_token_s is not None:
@@ -190,7 +206,8 @@ class AnswerPipeline:
         result = finish(result)
         if cache is not None:
             try:
-                cache.store(qvec, question, result, collection=collection, audience=request.audience)
+                await self._off_loop(cache.store, qvec, question, result, collection=collection,
+                                     audience=request.audience)
             except Exception as exc:
                 log.warning("answer cache store failed: %s", exc)
         return result

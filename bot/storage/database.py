@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection
 
 from rag.errors import ConfigError
+
+T = TypeVar("T")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -67,3 +73,19 @@ def ensure_schema(engine: Engine, url: str, *, auto_upgrade: bool) -> None:
         f"PERIMETER_DB_URL: database schema is at revision {current or 'none'}, the code needs {head}; "
         "run `perimeter db upgrade`"
     )
+
+
+class Database:
+    """Units of work for the async service: each ``tx`` is one transaction, committed when the
+    function returns and rolled back when it raises, run in a worker thread so the event loop
+    (webhook acknowledgements, the outbox) never waits on the database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def tx_sync(self, fn: Callable[[Connection], T]) -> T:
+        with self.engine.begin() as conn:
+            return fn(conn)
+
+    async def tx(self, fn: Callable[[Connection], T]) -> T:
+        return await asyncio.to_thread(self.tx_sync, fn)

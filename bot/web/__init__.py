@@ -1,0 +1,1 @@
+"""The HTTP app: webhooks, health, and later the CRM widget and metrics."""

@@ -1,0 +1,124 @@
+"""The service's HTTP app: the Telegram webhook and health, the place later routes join.
+
+The webhook route is the hot path: it checks the secret, bounds and parses the body,
+stores the update under its ``update_id`` and answers 200 — the work happens in the update
+worker. A database that cannot store the update makes the route answer 503, so Telegram
+delivers it again instead of it being acknowledged and lost.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+
+from rag.errors import InputError
+
+log = logging.getLogger(__name__)
+
+SECRET_HEADER = "x-telegram-bot-api-secret-token"
+WEBHOOK_PATH = "/telegram/webhook"
+
+
+class WebhookIngress:
+    """What the webhook route needs: the secret, the body limit and where updates are stored."""
+
+    def __init__(self, secret: str, store: Callable[[Any], bool], on_stored: Callable[[], None], *,
+                 max_body_bytes: int) -> None:
+        if not secret:
+            raise ValueError("a webhook needs a secret")
+        self._secret = secret.encode()
+        self._store, self._on_stored, self.max_body_bytes = store, on_stored, max_body_bytes
+
+    def authentic(self, header: str | None) -> bool:
+        if header is None:
+            return False
+        try:
+            given = header.encode("ascii")
+        except UnicodeEncodeError:  # Starlette decodes header bytes as latin-1
+            return False
+        return hmac.compare_digest(given, self._secret)
+
+    async def accept(self, payload: Any) -> bool:
+        stored = await run_in_threadpool(self._store, payload)
+        if stored:
+            self._on_stored()
+        return stored
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"ok": False, "error": message}, status_code=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None past ``limit`` bytes (read no further than that)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(
+    *, webhook: WebhookIngress | None, lifespan_hooks: tuple[Callable[[], Awaitable[None]],
+                                                             Callable[[], Awaitable[None]]] | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if lifespan_hooks is not None:
+            await lifespan_hooks[0]()
+        try:
+            yield
+        finally:
+            if lifespan_hooks is not None:
+                await lifespan_hooks[1]()
+
+    app = FastAPI(title="Perimeter", version="0.1.0", lifespan=lifespan,
+                  description="Self-hosted support assistant: webhooks, health and (soon) the CRM widget.")
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    if webhook is not None:
+        @app.post(WEBHOOK_PATH, tags=["telegram"], include_in_schema=False)
+        async def telegram_webhook(request: Request) -> JSONResponse:
+            header = request.headers.get(SECRET_HEADER)
+            if header is None:
+                return _error(401, "missing secret token")
+            if not webhook.authentic(header):
+                # The header value is never logged: it may be a guess at the secret.
+                peer = request.client.host if request.client else "?"
+                log.warning("webhook request with a wrong secret from %s", peer)
+                return _error(403, "wrong secret token")
+            body = await _read_body(request, webhook.max_body_bytes)
+            if body is None:
+                return _error(413, f"body larger than {webhook.max_body_bytes} bytes")
+            try:
+                payload = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                return _error(400, "body is not JSON")
+            try:
+                stored = await webhook.accept(payload)
+            except InputError as exc:
+                return _error(400, str(exc))
+            except SQLAlchemyError as exc:
+                log.error("could not store an update, asking Telegram to retry: %s", type(exc).__name__)
+                return _error(503, "storage unavailable, retry later")
+            return JSONResponse({"ok": True, "duplicate": not stored})
+
+    return app
