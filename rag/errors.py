@@ -58,3 +58,9 @@ class QueueFull(BackendUnavailable):
     """The bounded model queue is full or the wait exceeded its deadline."""
 
     code = "model_queue_full"
+
+
+class ModelCircuitOpen(BackendUnavailable):
+    """The model failed repeatedly; calls fail fast until the circuit breaker tries it again."""
+
+    code = "model_circuit_open"
