@@ -164,7 +164,7 @@ class ConversationService:
     ) -> None:
         """Open a ticket with a summary and a draft for the operator; tell the customer."""
         transcript_rows = await self._tx(
-            lambda c: ConversationRepository(c).recent_messages(turn.conversation_id, 12)
+            lambda c: ConversationRepository(c).history(turn.conversation_id, before_id=None, limit=12)
         )
         transcript = [_transcript_row(m) for m in transcript_rows]
         turns = [Turn("user" if m.role == "customer" else "assistant", m.text) for m in transcript_rows]

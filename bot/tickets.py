@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from bot.i18n import format_waiting, t
+from bot.i18n import format_waiting, reason_label, status_label, t
 from bot.outgoing import Button, Outgoing, OutgoingQueue
 from bot.storage.conversations import ConversationRepository, UserRecord
 from bot.storage.outbox import OutboxRepository
@@ -94,9 +94,10 @@ class TicketService:
                 dedupe_key=f"ticket:{ticket.id}:card:{chat_id}", ticket_id=ticket.id, thread_id=thread_id,
             ), now)
             if ticket.draft_text:
-                draft = t(lang, "draft_card", ticket_id=ticket.id, draft=ticket.draft_text,
-                          sources=_sources_line(ticket.draft_sources or []))
-                for n, part in enumerate(split_message(draft)):
+                # Split the plain draft, then wrap each piece: a split never lands inside markup.
+                for n, piece in enumerate(split_message(ticket.draft_text, limit=3500)):
+                    part = t(lang, "draft_card", ticket_id=ticket.id, draft=piece,
+                             sources=_sources_line(ticket.draft_sources or []))
                     self._out.queue(conn, Outgoing(
                         chat_id=chat_id, html=part, plain=html_to_plain(part), kind="draft",
                         buttons=((Button(t(lang, "button_send_draft"), f"draft:{ticket.id}"),),),
@@ -109,7 +110,7 @@ class TicketService:
         transcript = "\n".join(
             f"{_role_label(m.get('role', ''), lang)}: {m.get('text', '')[:300]}" for m in ticket.transcript[-6:]
         )
-        html = t(lang, "ticket_card", ticket_id=ticket.id, reason_label=reason_label(ticket.reason, lang),
+        html = t(lang, "ticket_card", ticket_id=ticket.id, reason_label=reason_label(lang, ticket.reason),
                  customer=customer, waiting=format_waiting(self._waited(ticket), lang),
                  summary=ticket.summary or "—", transcript=transcript or "—")
         buttons: tuple[tuple[Button, ...], ...]
@@ -232,9 +233,9 @@ class TicketService:
             return t(lang, "queue_empty")
         lines = [t(lang, "queue_header")]
         for ticket, customer in rows:
-            lines.append(t(lang, "queue_line", ticket_id=ticket.id, status=ticket.status,
+            lines.append(t(lang, "queue_line", ticket_id=ticket.id, status=status_label(lang, ticket.status),
                            waiting=format_waiting(self._waited(ticket), lang), customer=customer,
-                           reason=reason_label(ticket.reason, lang)))
+                           reason=reason_label(lang, ticket.reason)))
         return "\n".join(lines)
 
     def reannounce_due(self, conn: Connection, after_s: float) -> int:
@@ -255,13 +256,6 @@ class TicketService:
                 ), now)
             count += 1
         return count
-
-
-def reason_label(reason: str, lang: str) -> str:
-    try:
-        return t(lang, f"reason_{reason}")
-    except KeyError:
-        return reason
 
 
 def _role_label(role: str, lang: str) -> str:

@@ -126,15 +126,13 @@ class ConversationRepository:
             .values(outcome=outcome, outcome_detail=detail[:2000] if detail else None)
         )
 
-    def history(self, conversation_id: int, *, before_id: int, limit: int) -> list[MessageRecord]:
-        rows = self._c.execute(
-            select(messages).where(messages.c.conversation_id == conversation_id, messages.c.id < before_id)
-            .order_by(messages.c.id.desc()).limit(limit)
-        )
+    def history(self, conversation_id: int, *, before_id: int | None, limit: int) -> list[MessageRecord]:
+        """The last ``limit`` messages of a conversation (before one message, if given), oldest first."""
+        query = select(messages).where(messages.c.conversation_id == conversation_id)
+        if before_id is not None:
+            query = query.where(messages.c.id < before_id)
+        rows = self._c.execute(query.order_by(messages.c.id.desc()).limit(limit))
         return [_message(r._mapping) for r in rows][::-1]
-
-    def recent_messages(self, conversation_id: int, limit: int) -> list[MessageRecord]:
-        return self.history(conversation_id, before_id=2**62, limit=limit)
 
     def customer_messages_since(self, user_id: int, since: datetime, *, exclude_id: int) -> int:
         return int(self._c.execute(

@@ -51,8 +51,10 @@ def insert_ignoring_duplicates(conn: Connection, table: Any, values: dict[str, A
     database instead of by catching it.
     """
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=keys)
-    return bool(conn.execute(stmt).rowcount)
+    stmt = (dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=keys)
+            .returning(*table.primary_key.columns))
+    # rowcount is not reliable with RETURNING on every driver; a returned row is.
+    return conn.execute(stmt).first() is not None
 
 
 class InboundEventRepository:

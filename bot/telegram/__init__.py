@@ -1,0 +1,1 @@
+"""The Telegram channel: rendering answers and texts into messages Telegram accepts."""
