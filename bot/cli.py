@@ -390,21 +390,21 @@ def serve(
             ingress = c.webhook_ingress()
             runtime = ServiceRuntime(c, "webhook" if ingress else "polling")
             bind_host, bind_port = host or c.settings.http.host, port or c.settings.http.port
-            app_ = create_app(webhook=ingress)
+            app_ = create_app(webhook=ingress, on_shutdown=runtime.stop)
             server = uvicorn.Server(uvicorn.Config(app_, host=bind_host, port=bind_port, log_level="warning",
                                                    access_log=False, lifespan="on"))
 
             async def main() -> None:
                 await runtime.start()
+                mode = (f"webhook {c.settings.telegram.webhook_url} -> POST /telegram/webhook" if ingress
+                        else "polling getUpdates")
+                _print_service_banner(c, listening=f"http://{bind_host}:{bind_port}", ingress=mode)
+                if runtime.bot_username:
+                    out.print(f"  bot:           @{runtime.bot_username}")
                 try:
-                    mode = (f"webhook {c.settings.telegram.webhook_url} -> POST /telegram/webhook" if ingress
-                            else "polling getUpdates")
-                    _print_service_banner(c, listening=f"http://{bind_host}:{bind_port}", ingress=mode)
-                    if runtime.bot_username:
-                        out.print(f"  bot:           @{runtime.bot_username}")
-                    await server.serve()
+                    await server.serve()  # its shutdown stops the runtime (see create_app)
                 finally:
-                    await runtime.stop()
+                    await runtime.stop()  # a no-op when the shutdown already did it
 
             asyncio.run(main())
 

@@ -54,6 +54,9 @@ class ServiceRuntime:
         self._tasks.append(asyncio.create_task(coro, name=name))  # type: ignore[arg-type]
 
     async def stop(self) -> None:
+        """Stop taking work, let in-flight updates finish (briefly), close everything. Idempotent."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         for task in self._tasks:
             if task.get_name() in ("telegram-polling", "reannounce"):
@@ -61,6 +64,7 @@ class ServiceRuntime:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.c.aclose()
+        log.warning("service stopped cleanly")
 
     async def wait(self) -> None:
         await self._stop.wait()

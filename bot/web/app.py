@@ -72,19 +72,17 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(
-    *, webhook: WebhookIngress | None, lifespan_hooks: tuple[Callable[[], Awaitable[None]],
-                                                             Callable[[], Awaitable[None]]] | None = None,
-) -> FastAPI:
+def create_app(*, webhook: WebhookIngress | None, on_shutdown: Callable[[], Awaitable[None]] | None = None) -> FastAPI:
+    """The app. The service is started before it (so start-up errors reach the CLI) and
+    stopped in its shutdown, which uvicorn runs on SIGTERM/SIGINT before it exits."""
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if lifespan_hooks is not None:
-            await lifespan_hooks[0]()
         try:
             yield
         finally:
-            if lifespan_hooks is not None:
-                await lifespan_hooks[1]()
+            if on_shutdown is not None:
+                await on_shutdown()
 
     app = FastAPI(title="Perimeter", version="0.1.0", lifespan=lifespan,
                   description="Self-hosted support assistant: webhooks, health and (soon) the CRM widget.")

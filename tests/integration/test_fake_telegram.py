@@ -304,8 +304,10 @@ async def test_long_polling_returns_a_queued_update_at_once_and_offset_confirms_
     telegram: FakeTelegram, bot: Bot
 ) -> None:
     poll = asyncio.create_task(bot.get_updates(offset=0, timeout=10))
-    await asyncio.sleep(0.2)
-    assert not poll.done()  # long polling waits for an update
+    (waiting,) = await telegram.await_call(lambda c: c.method == "getUpdates", timeout=5)
+    await asyncio.sleep(0.1)
+    assert not poll.done()  # long polling waits for an update...
+    assert waiting.status == 0 and waiting.params["timeout"] == "10"  # ...and is visible in calls meanwhile
 
     started = time.monotonic()
     telegram.queue_update(message_update(41, user_id=USER, text="/start"))
@@ -554,7 +556,7 @@ async def test_a_dispatcher_polls_answers_and_stops(telegram: FakeTelegram, bot:
     assert greeting_message is not None
     press = callback_update(telegram.next_update_id(), user_id=USER, data="yes", message=greeting_message)
     telegram.queue_update(press)
-    await telegram.await_call(lambda c: c.method == "answerCallbackQuery")
+    await telegram.await_call(lambda c: c.method == "answerCallbackQuery" and c.status == 200)
     await dispatcher.stop_polling()
     await asyncio.wait_for(polling, timeout=5)
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import email.policy
 import json
 import re
@@ -136,7 +137,7 @@ class ApiCall:
     method: str  # canonical name ("sendMessage") when known, else as requested
     params: dict[str, Any]
     at: float  # time.monotonic() when the request arrived
-    status: int
+    status: int  # 0 while the call is in progress (a long poll, a hang), or if the server stopped first
     description: str | None = None  # the error description, for failed calls
     http_method: str = "POST"
     content_type: str = ""
@@ -1016,7 +1017,10 @@ class FakeTelegram:
     def wait_for_call(
         self, predicate: Callable[[ApiCall], bool], timeout: float = 10.0, *, count: int = 1
     ) -> list[ApiCall]:
-        """``wait_for`` over ``calls``: e.g. the bot's n-th ``getUpdates`` or a ``sendChatAction``."""
+        """``wait_for`` over ``calls``: e.g. the bot's n-th ``getUpdates`` or a ``sendChatAction``.
+
+        Calls are visible from their arrival with ``status`` 0; match on ``status`` to wait for the answer.
+        """
         return self._wait(lambda: self.calls, predicate, timeout, count, "call")
 
     async def await_for(
@@ -1086,14 +1090,28 @@ class FakeTelegram:
     def handle(
         self, token: str, method: str, params: dict[str, Any], *, http_method: str = "POST", content_type: str = ""
     ) -> tuple[int, dict[str, Any] | str]:
-        """One Bot API call: (HTTP status, JSON body or raw text). Records it in ``calls``."""
-        arrived = time.monotonic()
-        name = method
+        """One Bot API call: (HTTP status, JSON body or raw text).
+
+        The call enters ``calls`` on arrival with status 0 and gets its status when answered, so a test
+        can see a long poll in progress (e.g. the bot now polling with the next offset).
+        """
+        entry = self._methods.get(method.lower())
+        call = ApiCall(
+            entry[0] if entry else method,
+            dict(params),
+            time.monotonic(),
+            0,
+            http_method=http_method,
+            content_type=content_type.split(";")[0].strip(),
+        )
+        with self._changed:
+            index = len(self.calls)
+            self.calls.append(call)
+            self._changed.notify_all()
         body: dict[str, Any] | str
         try:
             if token != self.token:
                 raise TelegramApiError(401, "Unauthorized")
-            entry = self._methods.get(method.lower())
             if entry is None:
                 raise TelegramApiError(404, "Not Found: method not found")
             name, handler = entry
@@ -1111,13 +1129,12 @@ class FakeTelegram:
                     body = {"ok": True, "result": result}
         except TelegramApiError as error:
             status, body = error.status, error.payload()
-        description = body.get("description") if isinstance(body, dict) and status != 200 else None
         if isinstance(body, str):
-            description = HTTPStatus(status).phrase
+            description: str | None = HTTPStatus(status).phrase
+        else:
+            description = body.get("description") if status != 200 else None
         with self._changed:
-            self.calls.append(
-                ApiCall(name, dict(params), arrived, status, description, http_method, content_type.split(";")[0])
-            )
+            self.calls[index] = dataclasses.replace(call, status=status, description=description)
             self._changed.notify_all()
         return status, body
 

@@ -123,6 +123,24 @@ def copy_data_dir(template: Path, target: Path) -> Path:
     return target
 
 
+def copy_manifest(from_sqlite: Path, to_url: str) -> None:
+    """Move the knowledge-base manifest of an indexed data dir into another (migrated) database,
+    so a PostgreSQL test uses the same embedded Qdrant index without indexing again."""
+    from bot.storage.database import create_db_engine
+    from rag.manifest import kb_collections, kb_files
+
+    source, target = create_db_engine(f"sqlite:///{from_sqlite}"), create_db_engine(to_url)
+    try:
+        with source.connect() as src, target.begin() as dst:
+            for table in (kb_collections, kb_files):
+                rows = [dict(r) for r in src.execute(table.select()).mappings()]
+                if rows:
+                    dst.execute(table.insert(), rows)
+    finally:
+        source.dispose()
+        target.dispose()
+
+
 @asynccontextmanager
 async def running_service(settings: Settings, embedder: Embedder, telegram: FakeTelegram, llm: FakeLLMServer,
                           *, clock: SteppedClock | None = None) -> AsyncIterator[RunningService]:
@@ -133,7 +151,7 @@ async def running_service(settings: Settings, embedder: Embedder, telegram: Fake
     ingress = container.webhook_ingress()
     runtime = ServiceRuntime(container, "webhook" if ingress else "polling")
     await runtime.start()
-    server = uvicorn.Server(uvicorn.Config(create_app(webhook=ingress), host="127.0.0.1", port=0, log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(create_app(webhook=ingress, on_shutdown=runtime.stop), host="127.0.0.1", port=0, log_level="warning",
                                            access_log=False, lifespan="on"))
     serving = asyncio.create_task(server.serve())
     while not server.started:

