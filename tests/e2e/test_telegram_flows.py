@@ -374,3 +374,30 @@ async def test_a_failing_model_tells_the_customer_and_opens_exactly_one_ticket(s
     assert outcomes == ["escalated", "forwarded"]
     # No retry storm: the answer asked once; the summary and the draft did not ask a dead model again.
     assert len(service.llm.generation_requests()) <= 2
+
+
+async def test_a_hanging_model_times_out_into_a_ticket(service: RunningService) -> None:
+    service.llm.behaviour.hang = True
+    await ask(service, 1, CLASSIC)
+    (notice,) = await service.telegram.await_for(to(CUSTOMER, "оператор"), timeout=20)
+    await service.wait_idle()
+    (ticket,) = await rows(service, tickets)
+    assert ticket["reason"] == "model_unavailable"
+
+
+async def test_a_50000_character_message_is_answered_with_the_prompt_bounded(service: RunningService) -> None:
+    service.llm.behaviour.reply = CLASSIC_REPLY
+    flood = CLASSIC + " " + ("очень " * 9000)
+    assert len(flood) > 50_000
+    await ask(service, 1, flood)
+    await service.telegram.await_for(to(CUSTOMER, "99 ₽"))
+    prompt = json.dumps(service.llm.generation_requests()[-1].body, ensure_ascii=False)
+    assert len(prompt) < 20_000
+
+
+async def test_zero_width_and_homoglyph_text_is_understood(service: RunningService) -> None:
+    service.llm.behaviour.reply = CLASSIC_REPLY
+    # Zero-width spaces inside words and a Latin «о»/«с» in Cyrillic words.
+    tricky = "Ско\u200bлько стоит обслуживание карты «Кла\u200dссик»?".replace("о", "o", 1)
+    await ask(service, 1, tricky)
+    await service.telegram.await_for(to(CUSTOMER, "99 ₽"))

@@ -84,16 +84,18 @@ class RunningService:
             await asyncio.sleep(0.05)
 
 
-def service_settings(data_dir: Path, telegram: FakeTelegram, llm: FakeLLMServer, *, db_url: str | None = None,
-                     webhook: bool = True, **sections: dict[str, Any]) -> Settings:
+def service_settings(data_dir: Path, bot_api: FakeTelegram, model_server: FakeLLMServer, *,
+                     db_url: str | None = None, webhook: bool = True, **sections: dict[str, Any]) -> Settings:
+    """Settings for the service against the fakes; ``sections`` override per section
+    (``telegram={...}``, ``chat={...}``, ``llm={...}``...)."""
     tg: dict[str, Any] = dict(
-        token=telegram.token, api_url=telegram.url, operator_chat_id=OPERATOR_CHAT, operator_ids=list(OPERATORS),
+        token=bot_api.token, api_url=bot_api.url, operator_chat_id=OPERATOR_CHAT, operator_ids=list(OPERATORS),
         per_chat_interval_s=0.0, global_rate_per_s=1000.0,
     )
     if webhook:
         tg.update(webhook_url="https://bot.example.test/telegram/webhook", webhook_secret=SECRET)
     tg.update(sections.pop("telegram", {}))
-    llm_cfg = dict(backend="openai", openai_url=llm.url, model="fake-model", timeout_s=5.0)
+    llm_cfg = dict(backend="openai", openai_url=model_server.url, model="fake-model", timeout_s=3.0)
     llm_cfg.update(sections.pop("llm", {}))
     chat = dict(lease_s=5.0)
     chat.update(sections.pop("chat", {}))
