@@ -364,3 +364,25 @@ def test_state_lives_under_the_data_dir(tmp_path: Path, monkeypatch: pytest.Monk
 
     assert (state / "perimeter.db").is_file() and (state / "qdrant").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kb", "state"]
+
+
+def test_serve_in_webhook_mode_refuses_to_start_without_a_secret(use_index: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 ) -> None:
+    monkeypatch.setenv("PERIMETER_TELEGRAM_TOKEN", "123456:TEST-TOKEN")
+    monkeypatch.setenv("PERIMETER_TELEGRAM_WEBHOOK_URL", "https://bot.example.test/telegram/webhook")
+    result = invoke("serve")
+    assert result.exit_code == 2
+    assert "PERIMETER_TELEGRAM_WEBHOOK_SECRET" in flat(result.output)
+
+
+def test_serve_and_bot_without_a_token_exit_2_naming_it(use_index: Path) -> None:
+    for command in ("serve", "bot"):
+        result = invoke(command)
+        assert result.exit_code == 2, result.output
+        assert "PERIMETER_TELEGRAM_TOKEN" in flat(result.output)
+
+
+def test_a_short_webhook_secret_is_refused_at_load(use_index: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERIMETER_TELEGRAM_WEBHOOK_SECRET", "short")
+    result = invoke("serve")
+    assert result.exit_code == 2 and "PERIMETER_TELEGRAM_WEBHOOK_SECRET" in flat(result.output)
