@@ -21,8 +21,9 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from bot.customers import CustomerDirectory, context_for_prompt
 from bot.i18n import pick_language, t
-from bot.intents import wants_person
+from bot.intents import asks_personal_data, wants_person
 from bot.outgoing import Button, Outgoing, OutgoingQueue
 from bot.settings import ConversationSettings
 from bot.storage.conversations import ConversationRepository, MessageRecord, UserRecord
@@ -74,10 +75,12 @@ class ConversationService:
         self, db: Database, pipeline: AnswerPipeline, tickets: TicketService, out: OutgoingQueue,
         settings: ConversationSettings, *, clock: Callable[[], datetime], history_turns: int = 6,
         summary_model: ChatModel | None = None, on_queued: Callable[[], None] = lambda: None,
+        customers: CustomerDirectory | None = None,
     ) -> None:
         self._db, self._pipeline, self.tickets, self._out = db, pipeline, tickets, out
         self._cfg, self._clock, self._history_turns = settings, clock, history_turns
         self._summary_model, self._on_queued = summary_model, on_queued
+        self.customers = customers
 
     # the customer's free text ------------------------------------------------------------------
     async def handle_text(self, event_id: int, sender: Sender, text: str, *, typing: Typing | None = None) -> None:
@@ -87,7 +90,19 @@ class ConversationService:
         if wants_person(text):
             await self._escalate(turn, REASON_CUSTOMER_REQUEST, dedupe=f"ev{event_id}", question=text)
             return
-        request = AnswerRequest(text, history=turn.history, audience="customer")
+        personal = asks_personal_data(text)
+        context_text, crm_note = None, False
+        if self.customers is not None and self.customers.enabled:
+            found = await self.customers.context_for(turn.user.id)
+            if personal and not found.linked:
+                # No personal data without proof of identity: offer the contact button instead.
+                await self._tx(lambda c: self._notice(c, turn, "verify_offer", f"ev{event_id}:verify", "answered",
+                                                      contact_request=t(turn.user.language, "button_share_contact")))
+                return
+            if found.context is not None:
+                context_text = context_for_prompt(found.context, turn.user.language)
+            crm_note = personal and found.problem == "unavailable"
+        request = AnswerRequest(text, history=turn.history, audience="customer", customer_context=context_text)
         try:
             async with (typing or nullcontext)():
                 result = await self._pipeline.answer(request)
@@ -101,7 +116,7 @@ class ConversationService:
             await self._escalate(turn, result.reason or "low_confidence", dedupe=f"ev{event_id}", question=text,
                                  answer=result)
         else:
-            await self._tx(lambda c: self._deliver_answer(c, turn, result, dedupe=f"ev{event_id}"))
+            await self._tx(lambda c: self._deliver_answer(c, turn, result, dedupe=f"ev{event_id}", crm_note=crm_note))
 
     def _receive(self, conn: Connection, event_id: int, sender: Sender, text: str) -> _Turn | None:
         """Step one: store the message, then rate limit / forward to an open ticket, or hand on."""
@@ -140,7 +155,8 @@ class ConversationService:
         ]
         return _Turn(user, conversation_id, message_id, history)
 
-    def _deliver_answer(self, conn: Connection, turn: _Turn, result: AnswerResult, *, dedupe: str) -> None:
+    def _deliver_answer(self, conn: Connection, turn: _Turn, result: AnswerResult, *, dedupe: str,
+                        crm_note: bool = False) -> None:
         now = self._clock()
         repo = ConversationRepository(conn)
         answer_message = repo.add_message(turn.conversation_id, turn.user.id, "assistant", result.text, now)
@@ -155,6 +171,9 @@ class ConversationService:
         for n, part in enumerate(parts):
             self._queue(conn, turn.user, part.html, part.plain, "answer", f"{dedupe}:answer:{n}",
                         buttons=buttons if n == len(parts) - 1 else (), answer_id=answer_id)
+        if crm_note:  # the customer asked about their own data and the CRM could not be asked
+            html = t(lang, "crm_unavailable_note")
+            self._queue(conn, turn.user, html, html_to_plain(html), "notice", f"{dedupe}:crm-note")
         repo.set_outcome(turn.message_id, "answered", result.mode)
 
     # escalation ----------------------------------------------------------------------------------
@@ -294,6 +313,29 @@ class ConversationService:
         await self._escalate(turn, reason, dedupe=f"ev{event_id}", question=None)
         return True
 
+    async def verify_contact(self, event_id: int, sender: Sender, phone: str, contact_user_id: str | None) -> None:
+        """A shared contact: link the user to the CRM customer when it is their own and matches."""
+
+        def user_of(conn: Connection) -> UserRecord:
+            return self._upsert(ConversationRepository(conn), sender, self._clock())
+
+        user = await self._tx(user_of)
+        if self.customers is None:
+            result = "no_crm"
+        else:
+            result = await self.customers.verify_contact(user.id, sender.external_id, phone, contact_user_id)
+        key = {"verified": "verify_done", "not_own_contact": "verify_not_own", "not_found": "verify_not_found",
+               "ambiguous": "verify_ambiguous", "unavailable": "verify_unavailable", "no_crm": "verify_no_crm"}[result]
+
+        def reply(conn: Connection) -> None:
+            html = t(user.language, key)
+            if user.chat_id is not None:
+                self._out.queue(conn, Outgoing(chat_id=user.chat_id, html=html, plain=html_to_plain(html),
+                                               kind="notice", dedupe_key=f"ev{event_id}:verify",
+                                               remove_keyboard=result == "verified"), self._clock())
+
+        await self._tx(reply)
+
     async def record_failure(self, event_id: int, sender: Sender | None, error: str) -> None:
         """The last attempt at an event failed: record it on the message, tell the customer,
         and open a ticket so a person looks at the question."""
@@ -330,19 +372,22 @@ class ConversationService:
             username=sender.username, language=pick_language(sender.language_code), now=now,
         )
 
-    def _notice(self, conn: Connection, turn: _Turn, key: str, dedupe: str, outcome: str, **kwargs: Any) -> None:
+    def _notice(self, conn: Connection, turn: _Turn, key: str, dedupe: str, outcome: str, *,
+                contact_request: str | None = None, **kwargs: Any) -> None:
         html = t(turn.user.language, key, **kwargs)
-        self._queue(conn, turn.user, html, html_to_plain(html), "notice", dedupe)
+        self._queue(conn, turn.user, html, html_to_plain(html), "notice", dedupe, contact_request=contact_request)
         ConversationRepository(conn).set_outcome(turn.message_id, outcome, key)
 
     def _queue(
         self, conn: Connection, user: UserRecord, html: str, plain: str, kind: str, dedupe: str, *,
         buttons: tuple[tuple[Button, ...], ...] = (), answer_id: int | None = None,
+        contact_request: str | None = None,
     ) -> None:
         if user.chat_id is None:
             return
         self._out.queue(conn, Outgoing(chat_id=user.chat_id, html=html, plain=plain, kind=kind, buttons=buttons,
-                                       dedupe_key=dedupe, answer_id=answer_id), self._clock())
+                                       dedupe_key=dedupe, answer_id=answer_id, contact_request=contact_request),
+                        self._clock())
 
 
 def _transcript_row(m: MessageRecord) -> dict[str, Any]:

@@ -73,6 +73,23 @@ _RU: dict[str, str] = {
     "empty_message": "Кажется, сообщение пустое. Напишите, пожалуйста, ваш вопрос.",
     "message_too_long_cut": "Ваше сообщение очень длинное, поэтому я ответил на его первые {chars} символов.",
     "sources_heading": "Источники",
+    "verify_offer": (
+        "Чтобы я мог ответить по вашим счетам и продуктам, подтвердите, что это вы: нажмите кнопку "
+        "«Поделиться номером» ниже. Номер, набранный текстом, не подходит — только ваш собственный контакт."
+    ),
+    "button_share_contact": "📱 Поделиться номером",
+    "verify_done": "Спасибо, номер подтверждён. Теперь я могу отвечать с учётом ваших продуктов в банке.",
+    "verify_not_own": "Можно подтвердить только свой собственный номер — кнопкой «Поделиться номером».",
+    "verify_not_found": (
+        "Не нашёл клиента банка с этим номером. Если номер в банке другой, обратитесь к оператору: /operator"
+    ),
+    "verify_ambiguous": "С этим номером связано несколько клиентов. Оператор поможет разобраться: /operator",
+    "verify_unavailable": "Сейчас не получается проверить номер. Попробуйте, пожалуйста, через несколько минут.",
+    "verify_no_crm": "Подтверждение номера в этом боте не используется.",
+    "crm_unavailable_note": (
+        "<i>Сейчас нет доступа к данным о ваших продуктах, поэтому ответ общий. "
+        "Для точных цифр напишите позже или позовите оператора: /operator</i>"
+    ),
     "extractive_note": "Это дословная цитата из документов банка.",
     # --- operators -------------------------------------------------------------------------
     "operator_help": (
@@ -166,6 +183,23 @@ _EN: dict[str, str] = {
     "empty_message": "Your message seems to be empty. Please type your question.",
     "message_too_long_cut": "Your message was very long, so I answered its first {chars} characters.",
     "sources_heading": "Sources",
+    "verify_offer": (
+        "To answer about your accounts and products I need to know it's you: press «Share my number» below. "
+        "A number typed as text won't do — only your own contact."
+    ),
+    "button_share_contact": "📱 Share my number",
+    "verify_done": "Thank you, your number is confirmed. I can now answer with your products in mind.",
+    "verify_not_own": "Only your own number can be confirmed — with the «Share my number» button.",
+    "verify_not_found": (
+        "I found no bank customer with this number. If the bank has another one, ask an operator: /operator"
+    ),
+    "verify_ambiguous": "Several customers share this number. An operator will sort it out: /operator",
+    "verify_unavailable": "I can't check the number right now. Please try again in a few minutes.",
+    "verify_no_crm": "This bot does not use number confirmation.",
+    "crm_unavailable_note": (
+        "<i>Your product data is unavailable right now, so this answer is general. "
+        "For exact figures write again later or ask for a person: /operator</i>"
+    ),
     "extractive_note": "This is a verbatim quote from the bank's documents.",
     # --- operators -------------------------------------------------------------------------
     "operator_help": (

@@ -159,3 +159,31 @@ def wants_person(text: str) -> bool:
         and all(_SHORT_PERSON.fullmatch(w) or _SHORT_REQUEST_WORDS.fullmatch(w) for w in words)
         and not _SHORT_NEGATION.intersection(words)
     )
+
+
+# «мой баланс», «сколько у меня на карте», «когда следующий платёж по кредиту», "my balance":
+# a possessive (or "у меня" / "I owe") next to a word for the customer's own money or product.
+_PERSONAL_RU = re.compile(
+    r"\b(?:мой|моя|мое|мои|моего|моей|моих|моему|моим|у меня|мне|я должен|я должна)\b"
+    r"(?:\s+\w+){0,4}?\s+(?:баланс\w*|остат\w*|сч[её]т\w*|платеж\w*|плат[её]ж\w*|кредит\w*|долг\w*|"
+    r"задолженност\w*|вклад\w*|депозит\w*|карт\w*|лимит\w*|выписк\w*|ипотек\w*|процент\w*|"
+    r"деньг\w*|средств\w*|операци\w*|списани\w*|начислени\w*|договор\w*)"
+    r"|\b(?:баланс\w*|остат\w*|задолженност\w*|платеж\w*)\b(?:\s+\w+){0,3}?\s+(?:мо\w+|у меня)\b"
+    r"|\bсколько\s+(?:у меня|мне|я)\b"
+    r"|\bкогда\s+(?:мне\s+)?(?:платить|плат[её]ж|следующий платеж|внести)\b"
+)
+_PERSONAL_EN = re.compile(
+    r"\b(?:my|i owe|do i have|have i got)\b(?:\s+\w+){0,3}?\s*(?:balance|account|card|loan|mortgage|deposit|"
+    r"payment|debt|limit|statement|transactions?|money|interest|contract)s?\b"
+    r"|\bhow much (?:do i|i) (?:owe|have)\b|\bwhen (?:is|do i (?:have to )?pay) my\b"
+)
+
+
+def asks_personal_data(text: str) -> bool:
+    """The customer asks about their own money or products (an answer would need CRM data).
+
+    Used to offer verification to an unverified user instead of a generic answer; a false
+    positive only costs an extra prompt to share the contact.
+    """
+    norm = _normalize(text)
+    return bool(_PERSONAL_RU.search(norm) or _PERSONAL_EN.search(norm))

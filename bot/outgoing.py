@@ -37,6 +37,10 @@ class Outgoing:
     reply_to_message_id: int | None = None
     thread_id: int | None = None
     edit_of: int | None = None
+    # A one-time keyboard with a button that shares the user's own phone number (verification),
+    # or True to take such a keyboard away again.
+    contact_request: str | None = None
+    remove_keyboard: bool = False
 
 
 class OutgoingQueue(Protocol):

@@ -73,6 +73,30 @@ users = Table(
     UniqueConstraint("channel", "external_id", name="uq_users_channel_external"),
 )
 
+# A channel user proven to be a CRM customer: they shared their own contact through
+# Telegram's button and the phone matched exactly one customer. Only then is their CRM data used.
+customer_links = Table(
+    "customer_links",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id"), primary_key=True),
+    Column("crm", String(20), nullable=False),
+    Column("crm_customer_id", String(64), nullable=False),
+    Column("crm_kind", String(20), nullable=False, default="contact"),
+    Column("phone_last4", String(4), nullable=False),  # for operators' eyes; the number stays in the CRM
+    Column("verified_at", UtcDateTime, nullable=False),
+)
+
+# Single-use values: a Kommo JWT's jti, a CRM event's fingerprint. Kept until they expire.
+used_nonces = Table(
+    "used_nonces",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("scope", String(40), nullable=False),
+    Column("nonce", String(200), nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    UniqueConstraint("scope", "nonce", name="uq_used_nonces"),
+)
+
 conversations = Table(
     "conversations",
     metadata,

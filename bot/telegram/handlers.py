@@ -157,6 +157,15 @@ def build_router(customers: ConversationService, operators: OperatorService) -> 
         await customers.handle_text(event_id, sender_of(message.from_user, message.chat.id), message.text,
                                     typing=typing_indicator(bot, message.chat.id))
 
+    @router.message(F.chat.type == ChatType.PRIVATE, F.contact)
+    async def customer_contact(message: Message, event_id: int) -> None:
+        """A shared contact: verification. Telegram sets contact.user_id only for a real contact
+        card; the number must also be the sender's own (the button shares exactly that)."""
+        assert message.from_user is not None and message.contact is not None
+        contact = message.contact
+        await customers.verify_contact(event_id, sender_of(message.from_user, message.chat.id), contact.phone_number,
+                                       str(contact.user_id) if contact.user_id is not None else None)
+
     @router.message(F.chat.type == ChatType.PRIVATE)
     async def customer_other(message: Message, event_id: int) -> None:
         """Photos, stickers, voice…: say what the bot understands."""

@@ -26,7 +26,7 @@ from aiogram.exceptions import (
     TelegramServerError,
     TelegramUnauthorizedError,
 )
-from aiogram.types import InlineKeyboardMarkup, ReplyParameters
+from aiogram.types import InlineKeyboardMarkup, ReplyKeyboardMarkup, ReplyKeyboardRemove, ReplyParameters
 from sqlalchemy.engine import Connection
 
 from bot.outgoing import Outgoing
@@ -39,9 +39,24 @@ CHANNEL = "telegram"
 
 
 def _markup(message: Outgoing) -> dict[str, Any] | None:
+    if message.contact_request:
+        return {"keyboard": [[{"text": message.contact_request, "request_contact": True}]],
+                "one_time_keyboard": True, "resize_keyboard": True}
+    if message.remove_keyboard:
+        return {"remove_keyboard": True}
     if not message.buttons:
         return None
     return {"inline_keyboard": [[{"text": b.text, "callback_data": b.data} for b in row] for row in message.buttons]}
+
+
+def _keyboard(markup: dict[str, Any] | None) -> InlineKeyboardMarkup | ReplyKeyboardMarkup | ReplyKeyboardRemove | None:
+    if not markup:
+        return None
+    if "inline_keyboard" in markup:
+        return InlineKeyboardMarkup.model_validate(markup)
+    if "keyboard" in markup:
+        return ReplyKeyboardMarkup.model_validate(markup)
+    return ReplyKeyboardRemove.model_validate(markup)
 
 
 class TelegramOutbox:
@@ -176,10 +191,11 @@ class OutboxSender:
                     *, plain: bool) -> int | None:
         text = p["plain"] if plain else p["text"]
         parse_mode = None if plain else "HTML"
-        keyboard = InlineKeyboardMarkup.model_validate(markup) if markup else None
+        keyboard = _keyboard(markup)
         if row.method == "editMessageText":
             await self._bot.edit_message_text(
-                text=text, chat_id=row.chat_id, message_id=message_id, parse_mode=parse_mode, reply_markup=keyboard,
+                text=text, chat_id=row.chat_id, message_id=message_id, parse_mode=parse_mode,
+                reply_markup=keyboard if isinstance(keyboard, InlineKeyboardMarkup) else None,
             )
             return message_id
         reply_to = p.get("reply_to_message_id")
