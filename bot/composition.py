@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from qdrant_client import QdrantClient
@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from bot.settings import Settings
 from bot.storage.database import Database, create_db_engine, ensure_schema
 from bot.storage.tables import utcnow
+from crm_adapters.base import CrmReader, CrmWriter, FieldSpec
 from rag.answer_cache import SemanticAnswerCache
 from rag.embedders.base import Embedder
 from rag.errors import BackendUnavailable, ConfigError
@@ -35,11 +36,14 @@ if TYPE_CHECKING:  # the service parts import aiogram/FastAPI: only `serve` and 
     from aiogram import Bot, Dispatcher
 
     from bot.conversations import ConversationService
+    from bot.customers import CustomerDirectory
     from bot.operators import OperatorService
-    from bot.telegram.inbox import TelegramInbox, UpdateWorker
+    from bot.storage.events import InboundEvent
+    from bot.telegram.inbox import TelegramInbox
     from bot.telegram.outbox import OutboxSender, TelegramOutbox
     from bot.tickets import TicketService
     from bot.web.app import WebhookIngress
+    from bot.worker import EventWorker, Handler
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +142,126 @@ def build_chat_model(settings: Settings) -> ModelChoice:
         LlamaCppChat(cfg.gguf_path, ConcurrencyLimiter(1, cfg.max_queue), n_ctx=cfg.n_ctx),
         f"embedded llama.cpp, {cfg.gguf_path.name}",
     )
+
+
+@dataclass(frozen=True)
+class CrmConnection:
+    """The configured CRM: a reader and (when the CRM takes writes) a writer, both behind retries
+    and a circuit breaker, and the raw adapter for vendor-specific calls (Bitrix24's user.current)."""
+
+    reader: CrmReader | None
+    writer: CrmWriter | None
+    adapter: object | None
+    description: str
+
+
+def build_crm(settings: Settings, db: Database) -> CrmConnection:
+    cfg = settings.crm
+    if cfg.backend == "none":
+        return CrmConnection(None, None, None, "no CRM (PERIMETER_CRM_BACKEND=none)")
+    adapter: CrmReader
+    if cfg.backend == "demo":
+        from crm_adapters.demo import DemoCrm
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        adapter, where = DemoCrm(settings.demo_crm_path), f"demo CRM at {settings.demo_crm_path}"
+    elif cfg.backend == "sql":
+        from crm_adapters.sql import SqlCrm, SqlMapping
+
+        if cfg.sql_url is None or cfg.sql_mapping is None:
+            raise ConfigError("PERIMETER_CRM_SQL_URL and PERIMETER_CRM_SQL_MAPPING are required for the sql CRM")
+        adapter = SqlCrm.from_url(cfg.sql_url.get_secret_value(), SqlMapping.from_yaml(cfg.sql_mapping),
+                                  timeout_s=cfg.timeout_s)
+        where = "the company database (read-only SQL mapping)"
+    elif cfg.backend == "bitrix24":
+        adapter, where = _bitrix24(settings, db)
+    else:
+        adapter, where = _amocrm(settings, db)
+    from crm_adapters.resilience import ResilientCrm
+
+    resilient = ResilientCrm(adapter, attempt_timeout_s=cfg.timeout_s, budget_s=cfg.budget_s,
+                             max_attempts=cfg.max_attempts)
+    return CrmConnection(resilient, resilient if resilient.writable else None, adapter, where)
+
+
+def _stored_tokens(db: Database, crm: str) -> tuple[str, str] | None:
+    from sqlalchemy import select
+
+    from bot.storage.tables import crm_credentials
+
+    row = db.tx_sync(lambda c: c.execute(
+        select(crm_credentials.c.access_token, crm_credentials.c.refresh_token).where(crm_credentials.c.crm == crm)
+    ).first())
+    return (row.access_token, row.refresh_token) if row else None
+
+
+def _token_saver(db: Database, crm: str) -> Callable[[str, str], None]:
+    """Rotated OAuth tokens go to the database: the configured refresh token dies at the first renewal."""
+    from bot.storage.events import insert_ignoring_duplicates
+    from bot.storage.tables import crm_credentials
+
+    def save(access: str, refresh: str) -> None:
+        from sqlalchemy import update
+
+        def run(c: Any) -> None:
+            now = utcnow()
+            if not insert_ignoring_duplicates(c, crm_credentials, dict(
+                    crm=crm, access_token=access, refresh_token=refresh, updated_at=now), ["crm"]):
+                c.execute(update(crm_credentials).where(crm_credentials.c.crm == crm).values(
+                    access_token=access, refresh_token=refresh, updated_at=now))
+
+        db.tx_sync(run)
+
+    return save
+
+
+def _field_map(settings: Settings) -> dict[int | str, FieldSpec]:
+    return {k: FieldSpec(v.label, v.sensitivity) for k, v in settings.crm.field_map.items()}
+
+
+def _bitrix24(settings: Settings, db: Database) -> tuple[CrmReader, str]:
+    from crm_adapters.bitrix24 import Bitrix24Auth, Bitrix24Crm, Bitrix24OAuth, Bitrix24Webhook
+
+    cfg = settings.crm
+    auth: Bitrix24Auth
+    if cfg.bitrix24_webhook_url is not None:
+        auth = Bitrix24Webhook(cfg.bitrix24_webhook_url.get_secret_value())
+    elif cfg.bitrix24_portal_url and cfg.bitrix24_client_id and cfg.bitrix24_client_secret:
+        stored = _stored_tokens(db, "bitrix24")
+        if stored is None and not (cfg.bitrix24_access_token and cfg.bitrix24_refresh_token):
+            raise ConfigError("PERIMETER_CRM_BITRIX24_ACCESS_TOKEN and _REFRESH_TOKEN: the app's first tokens")
+        access, refresh = stored or (cfg.bitrix24_access_token.get_secret_value(),  # type: ignore[union-attr]
+                                     cfg.bitrix24_refresh_token.get_secret_value())  # type: ignore[union-attr]
+        auth = Bitrix24OAuth(cfg.bitrix24_portal_url, access, refresh, cfg.bitrix24_client_id,
+                             cfg.bitrix24_client_secret.get_secret_value(), oauth_url=cfg.bitrix24_oauth_url,
+                             on_tokens=_token_saver(db, "bitrix24"))
+    else:
+        raise ConfigError("PERIMETER_CRM_BITRIX24_WEBHOOK_URL (or the installed app's PORTAL_URL, CLIENT_ID, "
+                          "CLIENT_SECRET and tokens) is required for the bitrix24 CRM")
+    http = httpx.AsyncClient(timeout=cfg.timeout_s)
+    crm = Bitrix24Crm(http, auth, field_map={str(k): v for k, v in _field_map(settings).items()},
+                      telegram_field=cfg.telegram_field)
+    return crm, f"Bitrix24 at {auth.portal_url}"
+
+
+def _amocrm(settings: Settings, db: Database) -> tuple[CrmReader, str]:
+    from crm_adapters.amocrm import AmoCrm, AmoTokens
+
+    cfg = settings.crm
+    if not (cfg.amocrm_base_url and cfg.amocrm_client_id and cfg.amocrm_client_secret and cfg.amocrm_redirect_uri):
+        raise ConfigError("PERIMETER_CRM_AMOCRM_BASE_URL, _CLIENT_ID, _CLIENT_SECRET and _REDIRECT_URI are required "
+                          "for the amocrm CRM")
+    stored = _stored_tokens(db, "amocrm")
+    if stored is None and not (cfg.amocrm_access_token and cfg.amocrm_refresh_token):
+        raise ConfigError("PERIMETER_CRM_AMOCRM_ACCESS_TOKEN and _REFRESH_TOKEN: the integration's first tokens")
+    access, refresh = stored or (cfg.amocrm_access_token.get_secret_value(),  # type: ignore[union-attr]
+                                 cfg.amocrm_refresh_token.get_secret_value())  # type: ignore[union-attr]
+    save = _token_saver(db, "amocrm")
+    crm = AmoCrm(httpx.AsyncClient(timeout=cfg.timeout_s), cfg.amocrm_base_url, AmoTokens(access, refresh),
+                 client_id=cfg.amocrm_client_id, client_secret=cfg.amocrm_client_secret.get_secret_value(),
+                 redirect_uri=cfg.amocrm_redirect_uri, on_tokens=lambda t: save(t.access_token, t.refresh_token),
+                 field_map=_field_map(settings), telegram_field=cfg.telegram_field)
+    return crm, f"amoCRM at {cfg.amocrm_base_url}"
 
 
 def _guarded(model: ChatModel) -> ChatModel:
@@ -251,13 +375,23 @@ class Container:
         return TicketService(self.outgoing, desk, clock=self.clock)
 
     @cached_property
+    def crm(self) -> CrmConnection:
+        return build_crm(self.settings, self.db)
+
+    @cached_property
+    def customers(self) -> CustomerDirectory:
+        from bot.customers import CustomerDirectory
+
+        return CustomerDirectory(self.db, self.crm.reader, clock=self.clock)
+
+    @cached_property
     def conversations(self) -> ConversationService:
         from bot.conversations import ConversationService
 
         return ConversationService(
             self.db, self.pipeline, self.tickets, self.outgoing, self.settings.chat, clock=self.clock,
             history_turns=self.settings.rag.history_turns, summary_model=self.model_choice.model,
-            on_queued=self._outbox_notify,
+            on_queued=self._outbox_notify, customers=self.customers,
         )
 
     @cached_property
@@ -304,17 +438,19 @@ class Container:
         return TelegramInbox(self.db, clock=self.clock)
 
     @cached_property
-    def update_worker(self) -> UpdateWorker:
+    def update_worker(self) -> EventWorker:
         from bot.telegram.handlers import sender_from_payload
-        from bot.telegram.inbox import UpdateWorker
+        from bot.telegram.inbox import telegram_handler
+        from bot.worker import EventWorker
 
-        async def on_failure(event: object, error: str) -> None:
-            payload = getattr(event, "payload", {})
-            await self.conversations.record_failure(getattr(event, "id", 0), sender_from_payload(payload), error)
+        async def on_failure(event: InboundEvent, error: str) -> None:
+            if event.source == "telegram":
+                await self.conversations.record_failure(event.id, sender_from_payload(event.payload), error)
 
+        handlers: dict[str, Handler] = {"telegram": telegram_handler(self.dispatcher, self.bot)}
         chat = self.settings.chat
-        return UpdateWorker(self.db, self.dispatcher, self.bot, clock=self.clock, concurrency=chat.worker_concurrency,
-                            lease_s=chat.lease_s, max_attempts=chat.max_attempts, on_failure=on_failure)
+        return EventWorker(self.db, handlers, clock=self.clock, concurrency=chat.worker_concurrency,
+                           lease_s=chat.lease_s, max_attempts=chat.max_attempts, on_failure=on_failure)
 
     @cached_property
     def outbox_sender(self) -> OutboxSender:
@@ -341,6 +477,8 @@ class Container:
     async def aclose(self) -> None:
         if "bot" in self.__dict__:
             await self.bot.session.close()
+        if "crm" in self.__dict__ and self.crm.reader is not None:
+            await self.crm.reader.aclose()
         if "model_choice" in self.__dict__ and self.model_choice.model is not None:
             await self.model_choice.model.aclose()
         self.close()

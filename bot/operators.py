@@ -70,6 +70,13 @@ class OperatorService:
         outcome: ReplyOutcome | None = await self._tx(run)
         return outcome
 
+    async def reply_to_ticket(self, dedupe: str, ticket_id: int, operator: Operator, text: str) -> ReplyOutcome:
+        """An operator's reply to a ticket from any desk (the widget); ``dedupe`` makes a retry harmless."""
+        outcome: ReplyOutcome = await self._tx(
+            lambda c: self._tickets.reply(c, ticket_id, operator, text, dedupe=dedupe)
+        )
+        return outcome
+
     async def queue_listing(self) -> str:
         listing: str = await self._db.tx(self._tickets.queue_listing)
         return listing

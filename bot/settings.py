@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag.errors import ConfigError
@@ -140,6 +140,71 @@ class ConversationSettings(BaseSettings):
     lease_s: float = Field(default=30.0, ge=3)
 
 
+class FieldMapping(BaseModel):
+    label: str
+    sensitivity: Literal["public", "personal", "financial", "secret"]
+
+
+class CrmSettings(BaseSettings):
+    model_config = _config("PERIMETER_CRM_")
+
+    # none: no customer context; demo: the sample CRM `perimeter demo` uses (SQLite in the data dir).
+    backend: Literal["none", "demo", "bitrix24", "amocrm", "sql"] = "none"
+    # Custom fields to read, JSON: {"UF_CRM_BALANCE": {"label": "Баланс", "sensitivity": "financial"}}.
+    # Fields not listed never leave the adapter.
+    field_map: dict[str, FieldMapping] = Field(default_factory=dict)
+    telegram_field: str | None = None
+    timeout_s: float = Field(default=3.0, gt=0)  # one request
+    budget_s: float = Field(default=8.0, gt=0)  # all retries of one lookup
+    max_attempts: int = Field(default=4, ge=1, le=20)
+    bitrix24_webhook_url: SecretStr | None = None
+    bitrix24_portal_url: str | None = None
+    bitrix24_client_id: str | None = None
+    bitrix24_client_secret: SecretStr | None = None
+    bitrix24_access_token: SecretStr | None = None
+    bitrix24_refresh_token: SecretStr | None = None
+    bitrix24_oauth_url: str = "https://oauth.bitrix.info/oauth/token/"
+    bitrix24_member_id: str | None = Field(default=None, description="The portal's member_id (widget placement)")
+    bitrix24_application_token: SecretStr | None = Field(default=None, description="auth[application_token] of events")
+    amocrm_base_url: str | None = None
+    amocrm_client_id: str | None = None
+    amocrm_client_secret: SecretStr | None = None
+    amocrm_redirect_uri: str | None = None
+    amocrm_access_token: SecretStr | None = None
+    amocrm_refresh_token: SecretStr | None = None
+    amocrm_account_id: str | None = None
+    amocrm_webhook_secret: SecretStr | None = Field(default=None, description="The secret path part of amo webhooks")
+    sql_url: SecretStr | None = None
+    sql_mapping: Path | None = None
+    # The shared secret of the generic signed JSON webhook (HMAC-SHA256); unset: the endpoint is off.
+    webhook_secret: SecretStr | None = None
+    # Write the bot's suggested reply to the CRM as a note when a CRM event brings a customer message.
+    write_notes: bool = True
+
+
+class PrivacySettings(BaseSettings):
+    model_config = _config("PERIMETER_PRIVACY_")
+
+    # Customer data may go only to model endpoints inside the perimeter (loopback, private
+    # ranges, internal names) or hosts listed here; anything else needs redaction on.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    redaction: bool = False
+
+
+class WidgetSettings(BaseSettings):
+    model_config = _config("PERIMETER_WIDGET_")
+
+    # Signs widget sessions; set the same value on every replica. Unset: a random key per process.
+    session_secret: SecretStr | None = None
+    session_ttl_s: float = Field(default=1800.0, ge=60)
+    # Who may frame the widget (Content-Security-Policy frame-ancestors).
+    frame_ancestors: list[str] = Field(default_factory=lambda: [
+        "https://*.bitrix24.ru", "https://*.bitrix24.com", "https://*.amocrm.ru", "https://*.kommo.com"])
+    # This service's public URL: the audience Kommo's widget tokens are issued for.
+    public_url: str | None = None
+    show_financial: bool = True
+
+
 class HttpSettings(BaseSettings):
     model_config = _config("PERIMETER_HTTP_")
 
@@ -162,6 +227,9 @@ class Settings(BaseSettings):
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     chat: ConversationSettings = Field(default_factory=ConversationSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    crm: CrmSettings = Field(default_factory=CrmSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    widget: WidgetSettings = Field(default_factory=WidgetSettings)
 
     @field_validator("data_dir")
     @classmethod
@@ -173,6 +241,10 @@ class Settings(BaseSettings):
     @property
     def database_url(self) -> str:
         return self.db.url or f"sqlite:///{(self.data_dir / 'perimeter.db').resolve()}"
+
+    @property
+    def demo_crm_path(self) -> Path:
+        return self.data_dir / "demo_crm.db"
 
     @property
     def qdrant_path(self) -> Path:
@@ -189,6 +261,9 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "telegram": TelegramSettings,
     "chat": ConversationSettings,
     "http": HttpSettings,
+    "crm": CrmSettings,
+    "privacy": PrivacySettings,
+    "widget": WidgetSettings,
 }
 
 

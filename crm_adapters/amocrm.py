@@ -53,9 +53,9 @@ from crm_adapters.base import (
     CustomerContext,
     CustomerRef,
     Deal,
+    FieldSpec,
     Lookup,
     NewTask,
-    Sensitivity,
     Value,
     normalize_phone,
 )
@@ -83,14 +83,6 @@ class AmoTokens:
     expires_at: datetime | None = None
 
 
-@dataclass(frozen=True)
-class FieldSpec:
-    """How one amo custom field becomes a ``Value``: its label and sensitivity (``key`` defaults to the
-    field id or code it is mapped under)."""
-
-    label: str
-    sensitivity: Sensitivity
-    key: str | None = None
 
 
 class AmoCrm:

@@ -66,6 +66,17 @@ class Value:
 
 
 @dataclass(frozen=True)
+class FieldSpec:
+    """How one of the deployment's custom CRM fields becomes a ``Value``: its label for people and
+    its sensitivity, which decides where the value may go. Fields without a spec never leave the
+    adapter. ``key`` defaults to the field's id or code."""
+
+    label: str
+    sensitivity: Sensitivity
+    key: str | None = None
+
+
+@dataclass(frozen=True)
 class CustomerRef:
     """A customer in one CRM: ``kind`` is "contact" (Bitrix24, amoCRM) or what the SQL mapping names."""
 

@@ -51,9 +51,9 @@ from crm_adapters.base import (
     CustomerContext,
     CustomerRef,
     Deal,
+    FieldSpec,
     Lookup,
     NewTask,
-    Sensitivity,
     Value,
     normalize_phone,
 )
@@ -80,13 +80,6 @@ _WEBHOOK_PATH = re.compile(r"^/rest/(?P<user>\d+)/(?P<code>[^/]+)/?$")
 _MONEY = re.compile(r"^(-?\d+(?:\.\d+)?)\|([A-Z]{3})$")  # a "money" custom field: "1500.50|RUB"
 
 
-@dataclass(frozen=True)
-class FieldSpec:
-    """How one custom field (``UF_CRM_*``) of contacts or deals reaches ``CustomerContext.values``:
-    its label for people and its sensitivity, which decides where the value may go."""
-
-    label: str
-    sensitivity: Sensitivity
 
 
 @dataclass(frozen=True)

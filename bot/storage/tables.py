@@ -97,6 +97,17 @@ used_nonces = Table(
     UniqueConstraint("scope", "nonce", name="uq_used_nonces"),
 )
 
+# OAuth tokens a CRM rotated (Bitrix24 apps, amoCRM integrations): the refresh token in the
+# configuration stops working after the first renewal, so the current pair lives here.
+crm_credentials = Table(
+    "crm_credentials",
+    metadata,
+    Column("crm", String(20), primary_key=True),
+    Column("access_token", Text, nullable=False),
+    Column("refresh_token", Text, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
 conversations = Table(
     "conversations",
     metadata,
@@ -212,6 +223,7 @@ inbound_events = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("lease_until", UtcDateTime, nullable=True),
     Column("error", Text, nullable=True),
+    Column("result", JSON, nullable=True),  # what handling produced (a CRM event's suggested reply)
     Column("received_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime, nullable=True),
     UniqueConstraint("source", "key", name="uq_inbound_source_key"),

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
@@ -72,7 +72,8 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(*, webhook: WebhookIngress | None, on_shutdown: Callable[[], Awaitable[None]] | None = None) -> FastAPI:
+def create_app(*, webhook: WebhookIngress | None, on_shutdown: Callable[[], Awaitable[None]] | None = None,
+               routers: Sequence[APIRouter] = ()) -> FastAPI:
     """The app. The service is started before it (so start-up errors reach the CLI) and
     stopped in its shutdown, which uvicorn runs on SIGTERM/SIGINT before it exits."""
 
@@ -86,6 +87,9 @@ def create_app(*, webhook: WebhookIngress | None, on_shutdown: Callable[[], Awai
 
     app = FastAPI(title="Perimeter", version="0.1.0", lifespan=lifespan,
                   description="Self-hosted support assistant: webhooks, health and (soon) the CRM widget.")
+
+    for router in routers:
+        app.include_router(router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""customer links and single-use nonces
+"""CRM: customer links, credentials, single-use nonces, event results
 
 Revision ID: 0003
 Revises: 0002
@@ -15,6 +15,13 @@ depends_on = None
 
 def upgrade() -> None:
 
+    op.create_table("crm_credentials",
+    sa.Column("crm", sa.String(length=20), nullable=False),
+    sa.Column("access_token", sa.Text(), nullable=False),
+    sa.Column("refresh_token", sa.Text(), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint("crm")
+    )
     op.create_table("used_nonces",
     sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
     sa.Column("scope", sa.String(length=40), nullable=False),
@@ -33,11 +40,18 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(["user_id"], ["users.id"], ),
     sa.PrimaryKeyConstraint("user_id")
     )
+    with op.batch_alter_table("inbound_events", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("result", sa.JSON(), nullable=True))
+
 
 
 
 def downgrade() -> None:
 
+    with op.batch_alter_table("inbound_events", schema=None) as batch_op:
+        batch_op.drop_column("result")
+
     op.drop_table("customer_links")
     op.drop_table("used_nonces")
+    op.drop_table("crm_credentials")
 

@@ -1,0 +1,205 @@
+"""CRM events: a customer's message in a CRM chat, a deal changing stage.
+
+The HTTP edge verifies each vendor's request and stores the event (idempotently, like
+Telegram updates); the worker calls ``CrmEventProcessor.handle``, which re-reads the customer
+through the CRM's API (an event's own fields are never trusted for data), asks the knowledge
+base with that customer's context, and writes the suggested reply and its sources back to
+the CRM as a note for the operator. The result is kept on the event, so the generic webhook's
+caller can fetch it.
+
+Payload parsers turn each vendor's format into one ``CrmEvent`` shape:
+
+- Bitrix24: form-encoded ``event=ONIMBOTMESSAGEADD`` (a message to our bot in an Open Lines
+  chat; the CRM binding is in ``CHAT_ENTITY_DATA_1``/``_2`` as ``…|CONTACT|<id>|…``) and
+  ``ONCRMDEALUPDATE`` (``data[FIELDS][ID]``).
+- amoCRM / Kommo: form-encoded ``message[add][n]`` (an incoming chat message with its
+  ``contact_id``) and ``leads[status][n]`` (a lead moved to another stage).
+- Generic: JSON ``{"id", "type": "message" | "deal_stage", "customer": {...}, "text", "deal_id"}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import update
+
+from bot.customers import context_for_prompt
+from bot.storage.database import Database
+from bot.storage.tables import inbound_events
+from crm_adapters.amocrm import parse_amo_webhook
+from crm_adapters.base import CrmError, CrmReader, CrmWriter, CustomerRef, Lookup, normalize_phone
+from rag.answer import AnswerResult
+from rag.errors import InputError
+from rag.pipeline import AnswerPipeline, AnswerRequest
+
+log = logging.getLogger(__name__)
+
+parse_php_form = parse_amo_webhook  # Bitrix24 events use the same PHP-style nested form keys
+
+
+@dataclass(frozen=True)
+class CrmEvent:
+    source: str  # bitrix24 | amocrm | generic
+    kind: str  # message | deal_stage
+    key: str  # the idempotency key within the source
+    customer: dict[str, str] = field(default_factory=dict)  # crm_id / phone / email
+    text: str | None = None
+    deal_id: str | None = None
+
+    def chat_key(self) -> str:
+        return f"{self.source}:{self.customer.get('crm_id') or self.customer.get('phone') or self.key}"
+
+    def payload(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()[:40]
+
+
+def bitrix24_events(pairs: Iterable[tuple[str, str]]) -> list[CrmEvent]:
+    """The events in one Bitrix24 POST (Bitrix24 sends no event id: the content is the key)."""
+    form = parse_php_form(list(pairs))
+    name = str(form.get("event", "")).upper()
+    data = form.get("data") or {}
+    if name == "ONIMBOTMESSAGEADD":
+        params = data.get("PARAMS") or {}
+        text = str(params.get("MESSAGE") or "").strip()
+        contact = _bitrix_contact(str(params.get("CHAT_ENTITY_DATA_1") or ""),
+                                  str(params.get("CHAT_ENTITY_DATA_2") or ""))
+        if not text or contact is None:
+            return []
+        key = str(params.get("MESSAGE_ID") or _fingerprint(name, params))
+        return [CrmEvent("bitrix24", "message", f"msg:{key}", {"crm_id": contact}, text)]
+    if name == "ONCRMDEALUPDATE":
+        deal = str((data.get("FIELDS") or {}).get("ID") or "")
+        if not deal.isdigit():
+            return []
+        return [CrmEvent("bitrix24", "deal_stage", f"deal:{deal}:{form.get('ts', '')}", {}, None, deal)]
+    return []
+
+
+def _bitrix_contact(*entity_data: str) -> str | None:
+    for raw in entity_data:
+        parts = raw.split("|")
+        for i, part in enumerate(parts[:-1]):
+            if part.upper() == "CONTACT" and parts[i + 1].isdigit() and parts[i + 1] != "0":
+                return parts[i + 1]
+    return None
+
+
+def amocrm_events(pairs: Iterable[tuple[str, str]]) -> tuple[list[CrmEvent], dict[str, Any]]:
+    """The events in one amo webhook, and its ``account`` part (checked by the edge)."""
+    form = parse_amo_webhook(list(pairs))
+    events: list[CrmEvent] = []
+    for message in _items((form.get("message") or {}).get("add")):
+        text, contact = str(message.get("text") or "").strip(), str(message.get("contact_id") or "")
+        if text and contact.isdigit():
+            key = str(message.get("id") or _fingerprint(message))
+            events.append(CrmEvent("amocrm", "message", f"msg:{key}", {"crm_id": contact}, text))
+    for lead in _items((form.get("leads") or {}).get("status")):
+        lead_id = str(lead.get("id") or "")
+        if lead_id.isdigit():
+            key = f"lead:{lead_id}:{lead.get('status_id', '')}:{lead.get('last_modified', '')}"
+            events.append(CrmEvent("amocrm", "deal_stage", key, {}, None, lead_id))
+    return events, dict(form.get("account") or {})
+
+
+def _items(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, dict)]
+    if isinstance(value, dict):
+        return [v for v in value.values() if isinstance(v, dict)]
+    return []
+
+
+def generic_event(body: Mapping[str, Any]) -> CrmEvent:
+    """The documented generic webhook's JSON (see the OpenAPI schema)."""
+    event_id = str(body.get("id") or "").strip()
+    kind = body.get("type")
+    if not event_id or len(event_id) > 100:
+        raise InputError("id: a non-empty string of at most 100 characters")
+    if kind not in ("message", "deal_stage"):
+        raise InputError("type: message | deal_stage")
+    raw_customer = body.get("customer") or {}
+    if not isinstance(raw_customer, dict):
+        raise InputError("customer: an object")
+    customer = {k: str(raw_customer[k]) for k in ("crm_id", "phone", "email") if raw_customer.get(k)}
+    if "phone" in customer:
+        phone = normalize_phone(customer["phone"])
+        if phone is None:
+            raise InputError("customer.phone: not a phone number")
+        customer["phone"] = phone
+    text = body.get("text")
+    if kind == "message" and (not isinstance(text, str) or not text.strip()):
+        raise InputError("text: required for a message")
+    if kind == "message" and not customer:
+        raise InputError("customer: crm_id, phone or email is required for a message")
+    deal = body.get("deal_id")
+    return CrmEvent("generic", kind, event_id, customer, text.strip() if isinstance(text, str) else None,
+                    str(deal) if deal is not None else None)
+
+
+def suggestion_note(result: AnswerResult, language: str) -> str:
+    ru = language != "en"
+    head = "Perimeter: предлагаемый ответ клиенту" if ru else "Perimeter: suggested reply to the customer"
+    lines = [head, "", result.text]
+    if result.sources:
+        lines += ["", "Источники:" if ru else "Sources:"]
+        lines += [f"[{s.n}] {s.title}" + (f" — {s.url}" if s.url else "") for s in result.sources]
+    return "\n".join(lines)
+
+
+class CrmEventProcessor:
+    def __init__(self, db: Database, pipeline: AnswerPipeline, crm: CrmReader | None, writer: CrmWriter | None, *,
+                 write_notes: bool = True) -> None:
+        self._db, self._pipeline, self._crm, self._writer, self._write_notes = db, pipeline, crm, writer, write_notes
+
+    async def handle(self, event_id: int, payload: Mapping[str, Any]) -> None:
+        event = CrmEvent(**payload)
+        if event.kind == "message":
+            result = await self._message(event)
+        else:
+            result = await self._deal_stage(event)
+        await self._db.tx(lambda c: c.execute(
+            update(inbound_events).where(inbound_events.c.id == event_id).values(result=result)
+        ))
+
+    async def _find(self, event: CrmEvent) -> CustomerRef | None:
+        if self._crm is None:
+            return None
+        c = event.customer
+        return await self._crm.find_customer(Lookup(crm_id=c.get("crm_id"), phone=c.get("phone"),
+                                                    email=c.get("email")))
+
+    async def _message(self, event: CrmEvent) -> dict[str, Any]:
+        assert event.text is not None
+        ref = await self._find(event)  # CrmUnavailable propagates: the worker retries the event
+        context = await self._crm.context(ref) if (ref is not None and self._crm is not None) else None
+        language = "en" if event.text.isascii() else "ru"
+        result = await self._pipeline.answer(AnswerRequest(
+            event.text, audience="customer",
+            customer_context=context_for_prompt(context, language) if context else None,
+        ))
+        out: dict[str, Any] = {
+            "suggestion": None if result.escalate else result.text,
+            "escalate": result.escalate, "reason": result.reason, "mode": result.mode,
+            "sources": [{"n": s.n, "title": s.title, "url": s.url} for s in result.sources],
+            "customer_found": ref is not None, "note_id": None,
+        }
+        if ref is not None and self._writer is not None and self._write_notes and not result.escalate:
+            try:
+                out["note_id"] = await self._writer.add_note(ref, suggestion_note(result, language))
+            except CrmError as exc:  # refused (not retryable): keep the suggestion, say why
+                out["note_error"] = exc.code
+        return out
+
+    async def _deal_stage(self, event: CrmEvent) -> dict[str, Any]:
+        """Recorded; nothing to answer. The deal is not re-read: no customer asked anything."""
+        return {"deal_id": event.deal_id, "recorded": True}
+

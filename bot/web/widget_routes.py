@@ -1,0 +1,164 @@
+"""HTTP edge of the CRM sidebar widget: the iframe entry points per vendor, the page, its JSON API.
+
+Entry points authenticate the CRM's request (Bitrix24 placement POST, Kommo JWT, the demo's
+signed link) and answer the page with a fresh session token in a meta tag; without valid
+authentication the answer is a 401 page that shows nothing. The API takes that token as
+``Authorization: Bearer`` only — no cookies, so no CSRF.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse
+from pydantic import BaseModel, Field
+
+from bot.web.auth import AuthError, SessionSigner, WidgetSession
+from bot.widget import Authenticator, WidgetService
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+
+
+class Question(BaseModel):
+    question: str = Field(min_length=1, max_length=4000)
+
+
+class ReplyText(BaseModel):
+    text: str = Field(min_length=1, max_length=4000)
+    request_id: str | None = Field(default=None, max_length=80, description="Makes a retried reply harmless")
+
+
+class NoteText(BaseModel):
+    text: str = Field(min_length=1, max_length=10000)
+
+
+def _page(token: str, session: WidgetSession, language: str, frame_ancestors: str) -> HTMLResponse:
+    body = f"""<!doctype html>
+<html lang="{language}">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="perimeter-session" content="{html.escape(token)}">
+<meta name="perimeter-language" content="{language}">
+<title>Perimeter</title>
+<link rel="stylesheet" href="/widget/static/widget.css">
+</head>
+<body data-customer="{html.escape(session.customer_id or '')}">
+<main id="app" aria-live="polite"><p class="muted">…</p></main>
+<script src="/widget/static/widget.js"></script>
+</body>
+</html>"""
+    return HTMLResponse(body, headers=_security_headers(frame_ancestors))
+
+
+def _security_headers(frame_ancestors: str) -> dict[str, str]:
+    return {
+        # Only our own script and styles; only the CRM may frame the page.
+        "Content-Security-Policy": (f"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                                    f"connect-src 'self'; frame-ancestors {frame_ancestors}"),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }
+
+
+def _denied(frame_ancestors: str) -> HTMLResponse:
+    return HTMLResponse("<!doctype html><meta charset=utf-8><title>Perimeter</title>"
+                        "<p>Нет доступа. Откройте виджет из карточки клиента в CRM. / Access denied.</p>",
+                        status_code=401, headers=_security_headers(frame_ancestors))
+
+
+def widget_router(service: WidgetService, signer: SessionSigner, authenticators: Mapping[str, Authenticator], *,
+                  frame_ancestors: str = "'self'") -> APIRouter:
+    router = APIRouter(prefix="/widget", tags=["widget"])
+
+    async def enter(vendor: str, params: Mapping[str, str]) -> HTMLResponse:
+        authenticate = authenticators.get(vendor)
+        if authenticate is None:
+            return _denied(frame_ancestors)
+        try:
+            session = await authenticate(params)
+        except AuthError as exc:
+            log.warning("widget %s entry refused: %s", vendor, exc)
+            return _denied(frame_ancestors)
+        return _page(signer.issue(session), session, service.language, frame_ancestors)
+
+    @router.post("/bitrix24", include_in_schema=False)
+    async def bitrix24(request: Request) -> HTMLResponse:
+        form = await request.form()
+        return await enter("bitrix24", {k: str(v) for k, v in form.items()})
+
+    @router.get("/kommo", include_in_schema=False)
+    async def kommo(request: Request) -> HTMLResponse:
+        params = dict(request.query_params)
+        if "token" not in params and request.headers.get("x-auth-token"):
+            params["token"] = request.headers["x-auth-token"]
+        return await enter("kommo", params)
+
+    @router.get("/demo", include_in_schema=False)
+    async def demo(request: Request) -> HTMLResponse:
+        return await enter("demo", dict(request.query_params))
+
+    @router.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> FileResponse:
+        path = (STATIC / name).resolve()
+        if path.parent != STATIC.resolve() or not path.is_file():
+            raise HTTPException(404)
+        return FileResponse(path, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
+    async def session_of(authorization: Annotated[str | None, Header()] = None) -> WidgetSession:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(401, "missing session", headers={"WWW-Authenticate": "Bearer"})
+        try:
+            return signer.verify(token)
+        except AuthError as exc:
+            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+
+    Session = Annotated[WidgetSession, Depends(session_of)]
+
+    @router.get("/api/summary")
+    async def summary(session: Session) -> dict[str, Any]:
+        """The customer of this session, their conversation with the bot and its open ticket."""
+        return await service.summary(session)
+
+    @router.get("/api/suggestion")
+    async def suggestion(session: Session) -> dict[str, Any]:
+        """A suggested reply to the customer's last message, with its sources."""
+        return {"suggestion": await service.suggestion(session)}
+
+    @router.post("/api/ask")
+    async def ask(body: Question, session: Session) -> dict[str, Any]:
+        """Ask the knowledge base as an operator (operator-only documents allowed)."""
+        return await service.ask(body.question)
+
+    @router.get("/api/queue")
+    async def queue(session: Session) -> dict[str, Any]:
+        """Active tickets, longest waiting first."""
+        return {"tickets": await service.queue()}
+
+    @router.post("/api/tickets/{ticket_id}/claim")
+    async def claim(ticket_id: int, session: Session) -> dict[str, Any]:
+        return await service.claim(session, ticket_id)
+
+    @router.post("/api/tickets/{ticket_id}/reply")
+    async def reply(ticket_id: int, body: ReplyText, session: Session) -> dict[str, Any]:
+        return await service.reply(session, ticket_id, body.text, body.request_id)
+
+    @router.post("/api/tickets/{ticket_id}/resolve")
+    async def resolve(ticket_id: int, session: Session) -> dict[str, Any]:
+        return await service.resolve(session, ticket_id)
+
+    @router.post("/api/note")
+    async def note(body: NoteText, session: Session) -> dict[str, Any]:
+        """Write a text (the suggested reply) into the customer's CRM card as a note."""
+        return await service.write_note(session, body.text)
+
+    return router
