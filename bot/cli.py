@@ -24,7 +24,7 @@ from rich.table import Table
 from bot.composition import Container
 from bot.settings import load_settings
 from rag.answer import AnswerResult
-from rag.errors import AppError, BackendUnavailable
+from rag.errors import AppError, BackendUnavailable, ConfigError
 from rag.indexer import IndexSummary
 from rag.pipeline import AnswerRequest
 from rag.prompts import Turn
@@ -354,6 +354,7 @@ def _print_service_banner(c: Container, *, listening: str | None, ingress: str) 
         out.print(f"  http:          {listening}  (health: {listening}/healthz)")
     out.print(f"  telegram:      {ingress} · Bot API {tg.api_url}")
     out.print(f"  model:         {escape(c.model_choice.description)}")
+    out.print(f"  crm:           {escape(c.crm.description)}")
     out.print("  vector store:  " + (s.qdrant.url or f"embedded Qdrant at {s.qdrant_path}"))
     out.print(f"  database:      {_redacted(s.database_url)}")
     desk = c.tickets.desk
@@ -387,17 +388,17 @@ def serve(
 
     def go() -> None:
         with _container() as c:
-            ingress = c.webhook_ingress()
+            ingress = c.webhook_ingress() if c.telegram_enabled else None
             runtime = ServiceRuntime(c, "webhook" if ingress else "polling")
             bind_host, bind_port = host or c.settings.http.host, port or c.settings.http.port
-            app_ = create_app(webhook=ingress, on_shutdown=runtime.stop)
+            app_ = create_app(webhook=ingress, on_shutdown=runtime.stop, routers=c.web_routers())
             server = uvicorn.Server(uvicorn.Config(app_, host=bind_host, port=bind_port, log_level="warning",
                                                    access_log=False, lifespan="on"))
 
             async def main() -> None:
                 await runtime.start()
                 mode = (f"webhook {c.settings.telegram.webhook_url} -> POST /telegram/webhook" if ingress
-                        else "polling getUpdates")
+                        else "polling getUpdates" if c.telegram_enabled else "off (PERIMETER_TELEGRAM_TOKEN unset)")
                 _print_service_banner(c, listening=f"http://{bind_host}:{bind_port}", ingress=mode)
                 if runtime.bot_username:
                     out.print(f"  bot:           @{runtime.bot_username}")
@@ -420,6 +421,8 @@ def run_bot() -> None:
 
     def go() -> None:
         with _container() as c:
+            if not c.telegram_enabled:
+                raise ConfigError("PERIMETER_TELEGRAM_TOKEN: set the bot token from @BotFather")
             runtime = ServiceRuntime(c, "polling")
 
             async def main() -> None:

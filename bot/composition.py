@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from pydantic import SecretStr
 from qdrant_client import QdrantClient
 from sqlalchemy import Engine
 
@@ -34,8 +35,10 @@ from rag.store import QdrantStore
 
 if TYPE_CHECKING:  # the service parts import aiogram/FastAPI: only `serve` and `bot` need them
     from aiogram import Bot, Dispatcher
+    from fastapi import APIRouter
 
     from bot.conversations import ConversationService
+    from bot.crm_events import CrmEventProcessor
     from bot.customers import CustomerDirectory
     from bot.operators import OperatorService
     from bot.storage.events import InboundEvent
@@ -43,6 +46,8 @@ if TYPE_CHECKING:  # the service parts import aiogram/FastAPI: only `serve` and 
     from bot.telegram.outbox import OutboxSender, TelegramOutbox
     from bot.tickets import TicketService
     from bot.web.app import WebhookIngress
+    from bot.web.auth import SessionSigner
+    from bot.widget import WidgetService
     from bot.worker import EventWorker, Handler
 
 log = logging.getLogger(__name__)
@@ -264,6 +269,10 @@ def _amocrm(settings: Settings, db: Database) -> tuple[CrmReader, str]:
     return crm, f"amoCRM at {cfg.amocrm_base_url}"
 
 
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
 def _guarded(model: ChatModel) -> ChatModel:
     """A model server that is down is not called again for a while: no retry storm, fast
     escalation to an operator meanwhile."""
@@ -447,7 +456,9 @@ class Container:
             if event.source == "telegram":
                 await self.conversations.record_failure(event.id, sender_from_payload(event.payload), error)
 
-        handlers: dict[str, Handler] = {"telegram": telegram_handler(self.dispatcher, self.bot)}
+        handlers: dict[str, Handler] = {source: self._crm_event for source in ("bitrix24", "amocrm", "generic")}
+        if self.telegram_enabled:
+            handlers["telegram"] = telegram_handler(self.dispatcher, self.bot)
         chat = self.settings.chat
         return EventWorker(self.db, handlers, clock=self.clock, concurrency=chat.worker_concurrency,
                            lease_s=chat.lease_s, max_attempts=chat.max_attempts, on_failure=on_failure)
@@ -459,6 +470,71 @@ class Container:
         tg = self.settings.telegram
         return OutboxSender(self.bot, self.db, clock=self.clock, per_chat_interval_s=tg.per_chat_interval_s,
                             global_rate_per_s=tg.global_rate_per_s, max_attempts=tg.send_max_attempts)
+
+    @property
+    def telegram_enabled(self) -> bool:
+        return self.settings.telegram.token is not None
+
+    @cached_property
+    def crm_events(self) -> CrmEventProcessor:
+        from bot.crm_events import CrmEventProcessor
+
+        return CrmEventProcessor(self.db, self.pipeline, self.crm.reader, self.crm.writer,
+                                 write_notes=self.settings.crm.write_notes)
+
+    async def _crm_event(self, event: InboundEvent) -> None:
+        await self.crm_events.handle(event.id, event.payload)
+
+    @cached_property
+    def session_signer(self) -> SessionSigner:
+        import os
+
+        from bot.web.auth import SessionSigner
+
+        cfg = self.settings.widget
+        # A random key is fine for one process; replicas must share PERIMETER_WIDGET_SESSION_SECRET.
+        secret = cfg.session_secret.get_secret_value().encode() if cfg.session_secret else os.urandom(32)
+        return SessionSigner(secret, ttl_s=cfg.session_ttl_s)
+
+    @cached_property
+    def widget(self) -> WidgetService:
+        from bot.widget import WidgetPolicy, WidgetService
+
+        return WidgetService(self.db, self.pipeline, self.operators, self.customers, self.crm.writer,
+                             policy=WidgetPolicy(show_financial=self.settings.widget.show_financial),
+                             language=self.settings.telegram.operator_language)
+
+    def web_routers(self) -> list[APIRouter]:
+        """The widget (with the entry points this configuration can authenticate) and the CRM webhooks."""
+        from bot.web.crm_routes import CrmWebhooks, crm_router
+        from bot.web.widget_auth import bitrix24_authenticator, demo_authenticator, kommo_authenticator
+        from bot.web.widget_routes import widget_router
+        from bot.widget import Authenticator
+
+        s, crm = self.settings, self.settings.crm
+        entries: dict[str, Authenticator] = {}
+        if crm.backend == "demo":
+            entries["demo"] = demo_authenticator(self.session_signer)
+        if crm.backend == "bitrix24" and crm.bitrix24_member_id:
+            from crm_adapters.bitrix24 import Bitrix24Crm
+
+            adapter = self.crm.adapter
+            assert isinstance(adapter, Bitrix24Crm)
+            entries["bitrix24"] = bitrix24_authenticator(adapter.current_user, crm.bitrix24_member_id)
+        if crm.backend == "amocrm" and crm.amocrm_client_secret and crm.amocrm_base_url:
+            entries["kommo"] = kommo_authenticator(
+                self.db, crm.amocrm_client_secret.get_secret_value(), issuer=crm.amocrm_base_url,
+                audience=s.widget.public_url, account_id=crm.amocrm_account_id)
+        hooks = CrmWebhooks(
+            self.db, clock=self.clock, on_stored=self.update_worker.notify, max_body_bytes=s.http.max_body_bytes,
+            bitrix24_application_token=_secret(crm.bitrix24_application_token),
+            bitrix24_member_id=crm.bitrix24_member_id, amocrm_path_secret=_secret(crm.amocrm_webhook_secret),
+            amocrm_account_id=crm.amocrm_account_id, amocrm_base_url=crm.amocrm_base_url,
+            generic_secret=_secret(crm.webhook_secret),
+        )
+        return [widget_router(self.widget, self.session_signer, entries,
+                              frame_ancestors=" ".join(["'self'", *s.widget.frame_ancestors])),
+                crm_router(hooks)]
 
     def webhook_ingress(self) -> WebhookIngress | None:
         """The webhook route's settings, None in polling mode; a webhook without a secret is refused."""

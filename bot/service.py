@@ -31,6 +31,9 @@ class ServiceRuntime:
     async def start(self) -> None:
         c, tg = self.c, self.c.settings.telegram
         c.retriever.active_collection()  # refuse now, not at the first question, if nothing is indexed
+        self._spawn(c.update_worker.run(self._stop), "event-worker")
+        if not c.telegram_enabled:
+            return  # the web app, the widget and CRM events only
         try:
             me = await c.bot.get_me()
         except TelegramAPIError as exc:
@@ -46,7 +49,6 @@ class ServiceRuntime:
         else:
             await c.bot.delete_webhook(drop_pending_updates=False)
             self._spawn(self._poll(allowed), "telegram-polling")
-        self._spawn(c.update_worker.run(self._stop), "update-worker")
         self._spawn(c.outbox_sender.run(self._stop), "outbox-sender")
         self._spawn(self._reannounce_loop(), "reannounce")
 

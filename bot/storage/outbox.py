@@ -64,11 +64,13 @@ class OutboxRepository:
             return None
         return int(self._c.execute(select(outbox.c.id).where(outbox.c.dedupe_key == msg.dedupe_key)).scalar_one())
 
-    def claim_due(self, now: datetime, *, lease_s: float, per_chat_interval_s: float, limit: int) -> list[OutboxRow]:
+    def claim_due(self, now: datetime, *, lease_s: float, per_chat_interval_s: float, limit: int,
+                  channel: str = "telegram") -> list[OutboxRow]:
         t = outbox
         earlier = t.alias("earlier")
         recent = t.alias("recent")
         due = and_(
+            t.c.channel == channel,
             or_(
                 and_(t.c.status == "pending", t.c.not_before <= now),
                 and_(t.c.status == "sending", t.c.lease_until <= now),  # a sender died holding it

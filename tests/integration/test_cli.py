@@ -375,11 +375,10 @@ def test_serve_in_webhook_mode_refuses_to_start_without_a_secret(use_index: Path
     assert "PERIMETER_TELEGRAM_WEBHOOK_SECRET" in flat(result.output)
 
 
-def test_serve_and_bot_without_a_token_exit_2_naming_it(use_index: Path) -> None:
-    for command in ("serve", "bot"):
-        result = invoke(command)
-        assert result.exit_code == 2, result.output
-        assert "PERIMETER_TELEGRAM_TOKEN" in flat(result.output)
+def test_bot_without_a_token_exits_2_naming_it(use_index: Path) -> None:
+    result = invoke("bot")
+    assert result.exit_code == 2, result.output
+    assert "PERIMETER_TELEGRAM_TOKEN" in flat(result.output)
 
 
 def test_a_short_webhook_secret_is_refused_at_load(use_index: Path, monkeypatch: pytest.MonkeyPatch) -> None:

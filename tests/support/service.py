@@ -153,8 +153,9 @@ async def running_service(settings: Settings, embedder: Embedder, telegram: Fake
     ingress = container.webhook_ingress()
     runtime = ServiceRuntime(container, "webhook" if ingress else "polling")
     await runtime.start()
-    server = uvicorn.Server(uvicorn.Config(create_app(webhook=ingress, on_shutdown=runtime.stop), host="127.0.0.1", port=0, log_level="warning",
-                                           access_log=False, lifespan="on"))
+    app = create_app(webhook=ingress, on_shutdown=runtime.stop, routers=container.web_routers())
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False,
+                                           lifespan="on"))
     serving = asyncio.create_task(server.serve())
     while not server.started:
         if serving.done():
