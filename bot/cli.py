@@ -458,6 +458,15 @@ def db_upgrade() -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from rag.redaction import KNOWN_VALUES, PiiLogFilter
+
+    # Logs never hold raw personal data: phones, e-mails, cards, INN/SNILS, passports, and the
+    # current customer's name are masked in every record, exceptions included.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(PiiLogFilter(known_values=KNOWN_VALUES.get))
+    # httpx logs full request URLs at INFO: a Bitrix24 webhook URL is a credential and CRM search
+    # URLs carry phones.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     app()
 
 

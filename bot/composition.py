@@ -269,6 +269,31 @@ def _amocrm(settings: Settings, db: Database) -> tuple[CrmReader, str]:
     return crm, f"amoCRM at {cfg.amocrm_base_url}"
 
 
+def model_endpoint(settings: Settings) -> str | None:
+    """Where prompts (with customer context in them) are sent; None for the embedded model."""
+    llm = settings.llm
+    return {"auto": llm.ollama_url, "ollama": llm.ollama_url, "openai": llm.openai_url}.get(llm.backend)
+
+
+def guard_perimeter(settings: Settings, choice: ModelChoice) -> ModelChoice:
+    """With a CRM configured, customer data may only reach a model inside the perimeter: an
+    outside endpoint stops start-up, unless redaction is on — then the model gets placeholders."""
+    url = model_endpoint(settings)
+    if choice.model is None or url is None or settings.crm.backend == "none":
+        return choice
+    from rag.perimeter import PerimeterGuard, RedactingChat
+    from rag.redaction import KNOWN_VALUES
+
+    privacy = settings.privacy
+    guard = PerimeterGuard({"chat model (PERIMETER_LLM_*_URL)": url}, redaction=privacy.redaction,
+                           allowed_hosts=privacy.allowed_hosts)
+    guard.require()
+    if not guard.needs_redaction(url):
+        return choice
+    return ModelChoice(RedactingChat(choice.model, known_values=KNOWN_VALUES.get),
+                       f"{choice.description} · outside the perimeter: personal data redacted")
+
+
 def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
 
@@ -335,7 +360,7 @@ class Container:
 
     @cached_property
     def model_choice(self) -> ModelChoice:
-        return build_chat_model(self.settings)
+        return guard_perimeter(self.settings, build_chat_model(self.settings))
 
     def pipeline_config(self) -> PipelineConfig:
         rag, llm = self.settings.rag, self.settings.llm

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from bot.customers import CustomerDirectory, context_for_prompt
+from bot.customers import CustomerDirectory, context_for_prompt, personal_values
 from bot.i18n import pick_language, t
 from bot.intents import asks_personal_data, wants_person
 from bot.outgoing import Button, Outgoing, OutgoingQueue
@@ -36,6 +36,7 @@ from rag.errors import AppError, InputError
 from rag.llm.base import ChatModel
 from rag.pipeline import AnswerPipeline, AnswerRequest
 from rag.prompts import Turn
+from rag.redaction import KNOWN_VALUES
 from rag.summary import summarize_conversation
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class ConversationService:
                 return
             if found.context is not None:
                 context_text = context_for_prompt(found.context, turn.user.language)
+                KNOWN_VALUES.set(personal_values(found.context))  # for redaction, in this task only
             crm_note = personal and found.problem == "unavailable"
         request = AnswerRequest(text, history=turn.history, audience="customer", customer_context=context_text)
         try:

@@ -131,6 +131,11 @@ def linked(conn: Connection, user_id: int) -> LinkRecord | None:
     return LinkRecord(CustomerRef(row.crm, row.crm_customer_id, row.crm_kind), row.phone_last4, row.verified_at)
 
 
+def personal_values(ctx: CustomerContext) -> tuple[str, ...]:
+    """What redaction must hide whatever its spelling: the customer's name and contacts."""
+    return tuple(v.value for v in (ctx.name, *ctx.phones, *ctx.emails) if v.value)
+
+
 def context_for_prompt(ctx: CustomerContext, language: str) -> str:
     """The customer's data as the model reads it: labelled lines, nothing marked secret."""
     ru = language != "en"

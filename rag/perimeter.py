@@ -291,7 +291,13 @@ class RedactingChat:
 
     def _redact(self, messages: Sequence[ChatMessage]) -> tuple[Redactor, list[ChatMessage]]:
         redactor = Redactor(self._known_values() if self._known_values is not None else ())
-        return redactor, [replace(m, content=redactor.redact(m.content)) for m in messages]
+        redacted = [replace(m, content=redactor.redact(m.content)) for m in messages]
+        if redactor.mapping and redacted and redacted[0].role == "system":
+            # The model must copy placeholders verbatim for them to be restored.
+            system = redacted[0].content
+            lang = "ru" if any("а" <= ch <= "я" for ch in system.lower()) else "en"
+            redacted[0] = replace(redacted[0], content=f"{system}\n\n{PLACEHOLDER_INSTRUCTIONS[lang]}")
+        return redactor, redacted
 
     async def complete(self, messages: Sequence[ChatMessage], options: ChatOptions) -> ChatResult:
         redactor, redacted = self._redact(messages)

@@ -147,7 +147,11 @@ class AnswerPipeline:
             return result
 
         gate_reason = self.gate(got)
-        if gate_reason:
+        # A verified customer's own data may answer what the documents do not («когда мой
+        # платёж?»): then the model decides, and its NO_ANSWER still escalates. Without a model
+        # nothing can read that data, so the gate stands.
+        from_customer_data = bool(request.customer_context) and self._model is not None
+        if gate_reason and not from_customer_data:
             return finish(self._escalation(language, confidence, gate_reason, hits))
 
         cache = self._cache if not request.customer_context and not request.history else None
@@ -185,7 +189,10 @@ class AnswerPipeline:
             chat = await self._model.complete(messages, options)
         except BackendUnavailable as exc:
             log.warning("model unavailable, answering extractively: %s", exc)
-            result = self._extractive(hits, language, confidence, f"model unavailable: {exc.code}: {exc}")
+            if gate_reason:  # no passage good enough to quote: a person must answer
+                result = self._escalation(language, confidence, gate_reason, hits)
+            else:
+                result = self._extractive(hits, language, confidence, f"model unavailable: {exc.code}: {exc}")
             result.failure = exc.code
             return finish(result)
         timings["model_total"] = chat.usage.total_s
@@ -197,7 +204,9 @@ class AnswerPipeline:
             return finish(result)
         allowed = {h.url for h in hits if h.url}
         text, cited = postprocess(chat.text, len(hits), allowed)
-        numbers = cited or list(range(1, min(len(hits), 3) + 1))
+        # Uncited answers list the best documents, unless they were below the gate: then the
+        # answer came from the customer's data and those documents are no source of it.
+        numbers = cited or ([] if gate_reason else list(range(1, min(len(hits), 3) + 1)))
         result = AnswerResult(
             text=text, sources=[_ref(n, hits[n - 1]) for n in numbers], confidence=confidence,
             escalate=False, reason=None, mode="generated", language=language, usage=chat.usage,

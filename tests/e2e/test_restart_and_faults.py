@@ -7,6 +7,7 @@ SIGKILL while the update it acknowledged is being answered, and starts it again.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -126,7 +127,7 @@ def test_an_update_acknowledged_before_a_crash_is_answered_once_after_restart(
     second = _start(env, tmp_path, log)
     serve_process.append(second)
     _wait_healthy(port, second, log)
-    (answer,) = telegram.wait_for(lambda m: m.chat_id == CUSTOMER and "99 ₽" in m.text, timeout=60)
+    (_answer,) = telegram.wait_for(lambda m: m.chat_id == CUSTOMER and "99 ₽" in m.text, timeout=60)
     time.sleep(1.0)  # anything duplicated would have arrived by now
     second.send_signal(signal.SIGTERM)
     # uvicorn re-raises the signal after a graceful shutdown: killed by SIGTERM, having stopped cleanly.
@@ -212,7 +213,7 @@ async def test_replies_into_one_chat_are_paced_about_one_a_second(
         await svc.post_update(message_update(2, user_id=CUSTOMER + 1, text=CLASSIC))
         parts = await telegram.await_for(lambda m: m.chat_id == CUSTOMER, count=3, timeout=30)
         other = await telegram.await_for(lambda m: m.chat_id == CUSTOMER + 1, count=3, timeout=30)
-    gaps = [b.at - a.at for a, b in zip(parts, parts[1:], strict=False)]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(parts)]
     assert all(gap >= 0.9 for gap in gaps), gaps
     # Pacing is per chat: the other customer's parts were not queued behind these.
     assert other[0].at - parts[0].at < 1.0

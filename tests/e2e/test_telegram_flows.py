@@ -379,7 +379,7 @@ async def test_a_failing_model_tells_the_customer_and_opens_exactly_one_ticket(s
 async def test_a_hanging_model_times_out_into_a_ticket(service: RunningService) -> None:
     service.llm.behaviour.hang = True
     await ask(service, 1, CLASSIC)
-    (notice,) = await service.telegram.await_for(to(CUSTOMER, "оператор"), timeout=20)
+    (_notice,) = await service.telegram.await_for(to(CUSTOMER, "оператор"), timeout=20)
     await service.wait_idle()
     (ticket,) = await rows(service, tickets)
     assert ticket["reason"] == "model_unavailable"

@@ -22,6 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 GENERATION_PATHS = ("/api/chat", "/v1/chat/completions")
 
@@ -50,6 +51,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: Any
+    proxied_host: str | None = None  # the host asked for when the server was used as a proxy
 
 
 def hashed_embedding(text: str, dim: int) -> list[float]:
@@ -163,9 +165,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle(body)
 
     def _handle(self, body: Any) -> None:
+        # As an HTTP proxy the server is sent absolute URIs ("http://llm.example.com/v1/..."): a
+        # test can then give a model endpoint a host name outside the perimeter.
+        split = urlsplit(self.path)
+        self.requested_host = split.netloc or None
+        if split.scheme:
+            self.path = split.path or "/"
         fake, behaviour = self.fake, self.fake.behaviour
         headers = {name.lower(): value for name, value in self.headers.items()}
-        fake._record(RecordedRequest(self.command, self.path, headers, body))
+        fake._record(RecordedRequest(self.command, self.path, headers, body, self.requested_host))
         generating = self.path in GENERATION_PATHS
         if generating:
             fake._enter_generation()
