@@ -14,6 +14,7 @@ lint: setup
 	$(VENV)/mypy bot rag crm_adapters migrations
 
 test: lint
+	@./scripts/browser.sh
 	$(VENV)/python -m pytest --timeout=900 -q
 
 unit: setup

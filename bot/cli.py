@@ -43,8 +43,8 @@ def _exit_code(exc: AppError) -> int:
 
 
 @contextmanager
-def _container() -> Iterator[Container]:
-    settings = load_settings()
+def _container(**overrides: Any) -> Iterator[Container]:
+    settings = load_settings(**overrides)
     logging.getLogger().setLevel(settings.log_level)  # PERIMETER_LOG_LEVEL
     container = Container(settings)
     try:
@@ -183,36 +183,39 @@ def ask(
 
 
 def _chat_loop(c: Container, operator: bool) -> None:
-    out.print(f"[bold]Perimeter chat[/bold] · model: {escape(c.model_choice.description)}")
-    out.print("[dim]Ask in Russian or English. Empty line or Ctrl-D to quit; /new forgets the history.[/dim]")
-    history: list[Turn] = []
-
-    async def loop() -> None:
+    async def run() -> None:
         try:
-            while True:
-                try:
-                    line = await asyncio.to_thread(input, "\n> ")
-                except (EOFError, KeyboardInterrupt):
-                    return
-                if not line.strip():
-                    return
-                if line.strip() == "/new":
-                    history.clear()
-                    continue
-                try:
-                    with err.status("searching the knowledge base and asking the model…"):
-                        result = await c.pipeline.answer(
-                            AnswerRequest(line, history=list(history), audience="operator" if operator else "customer")
-                        )
-                except AppError as exc:
-                    err.print(f"[red]error:[/red] {escape(str(exc))}")
-                    continue
-                _render(result)
-                history.extend([Turn("user", c.pipeline.prepare_question(line)), Turn("assistant", result.text)])
+            await _chat(c, operator)
         finally:
             await c.aclose()
 
-    asyncio.run(loop())
+    asyncio.run(run())
+
+
+async def _chat(c: Container, operator: bool) -> None:
+    out.print(f"[bold]Perimeter chat[/bold] · model: {escape(c.model_choice.description)}")
+    out.print("[dim]Ask in Russian or English. Empty line or Ctrl-D to quit; /new forgets the history.[/dim]")
+    history: list[Turn] = []
+    while True:
+        try:
+            line = await asyncio.to_thread(input, "\n> ")
+        except (EOFError, KeyboardInterrupt):
+            return
+        if not line.strip():
+            return
+        if line.strip() == "/new":
+            history.clear()
+            continue
+        try:
+            with err.status("searching the knowledge base and asking the model…"):
+                result = await c.pipeline.answer(
+                    AnswerRequest(line, history=list(history), audience="operator" if operator else "customer")
+                )
+        except AppError as exc:
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
+            continue
+        _render(result)
+        history.extend([Turn("user", c.pipeline.prepare_question(line)), Turn("assistant", result.text)])
 
 
 @app.command()
@@ -231,28 +234,80 @@ def chat(
 
 @app.command()
 def demo(
-    chat_after: Annotated[bool, typer.Option("--chat/--no-chat", help="Open the chat after indexing")] = True,
+    chat_after: Annotated[bool, typer.Option("--chat/--no-chat", help="Open the terminal chat")] = True,
+    web: Annotated[bool, typer.Option("--web/--no-web", help="Start the web app with the CRM widget")] = True,
+    port: Annotated[int | None, typer.Option(help="Web port (default: PERIMETER_HTTP_PORT, or a free one)")] = None,
 ) -> None:
-    """Index the bundled sample bank's knowledge base and open the chat on it."""
+    """The sample bank: index its documents, open the CRM widget on a sample customer, chat."""
 
     def go() -> None:
         kb = EXAMPLES / "kb"
         if not kb.is_dir():
             raise AppError(f"the sample knowledge base is missing at {kb}")
-        with _container() as c:
+        # The demo always uses the demo CRM, whatever the environment configures.
+        with _container(crm={"backend": "demo"}) as c:
             out.print(f"[bold]Perimeter demo[/bold] · data in {c.settings.data_dir.resolve()}")
             out.print(f"model: {escape(c.model_choice.description)}")
             out.print("vector store: " + (c.settings.qdrant.url or f"embedded Qdrant at {c.settings.qdrant_path}"))
             out.print(f"embedder: {c.embedder.model_id}")
+            out.print(f"crm: {escape(c.crm.description)}")
             _do_index(c, [kb], False, True)
-            out.print("Try: «скок стоит обслуживание карты», «карту украли что делать», "
-                      "\"how do I send money abroad\"")
-            if chat_after and sys.stdin.isatty():
-                _chat_loop(c, operator=False)
-            elif chat_after:
-                out.print("[dim]stdin is not a terminal: skipping the chat. Run `perimeter chat` yourself.[/dim]")
+            asyncio.run(_demo(c, chat=chat_after and sys.stdin.isatty(), web=web, port=port))
+            if chat_after and not sys.stdin.isatty():
+                out.print("[dim]stdin is not a terminal: no chat. Run `perimeter chat` yourself.[/dim]")
 
     _run(go)
+
+
+async def _demo(c: Container, *, chat: bool, web: bool, port: int | None) -> None:
+    import uvicorn
+
+    from bot.demo import demo_link, seed_demo_conversation
+    from bot.web.app import create_app
+
+    try:
+        with err.status("the sample customer Марина Иванова asks the bot…"):
+            await seed_demo_conversation(c)
+        server = None
+        if web:
+            host = c.settings.http.host
+            bind = port or _free_port(host, c.settings.http.port)
+            server = uvicorn.Server(uvicorn.Config(create_app(webhook=None, routers=c.web_routers()), host=host,
+                                                   port=bind, log_level="warning", access_log=False))
+            serving = asyncio.create_task(server.serve())
+            while not server.started and not serving.done():  # noqa: ASYNC110 - uvicorn has no "started" event
+                await asyncio.sleep(0.05)
+            if serving.done():
+                serving.result()  # a bind failure: show it
+            out.print("\n[bold]The CRM widget[/bold] on the sample customer (open it in a browser):")
+            out.print(f"  {demo_link(c, f'http://{host}:{bind}')}", soft_wrap=True)
+            out.print(f"[dim]API docs: http://{host}:{bind}/docs · health: http://{host}:{bind}/healthz[/dim]")
+        out.print("Try: «скок стоит обслуживание карты», «карту сперли что делать», "
+                  "\"can I get a mortgage if I'm not a Russian citizen\", «какая погода завтра в Архангельске»")
+        if chat:
+            await _chat(c, operator=False)
+        elif server is not None:
+            out.print("[dim]Ctrl-C stops the web app.[/dim]")
+            await serving
+        if server is not None:
+            server.should_exit = True
+            await serving
+    finally:
+        await c.aclose()
+
+
+def _free_port(host: str, preferred: int) -> int:
+    """The configured port if it is free, else any free one (the demo must start on a busy machine)."""
+    import socket
+
+    for candidate in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind((host, candidate))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise AppError(f"no free port on {host}")
 
 
 @app.command("eval")

@@ -55,7 +55,7 @@ class Sender:
 
     channel: str
     external_id: str
-    chat_id: int
+    chat_id: int | None  # None: a channel we do not reply into (the demo's seeded customer)
     display_name: str
     username: str | None
     language_code: str | None
@@ -314,6 +314,11 @@ class ConversationService:
         reason = REASON_NEGATIVE_FEEDBACK if after_negative else REASON_CUSTOMER_REQUEST
         await self._escalate(turn, reason, dedupe=f"ev{event_id}", question=None)
         return True
+
+    async def record_sender(self, sender: Sender) -> int:
+        """The user id of a sender, created on first contact."""
+        user: UserRecord = await self._tx(lambda c: self._upsert(ConversationRepository(c), sender, self._clock()))
+        return user.id
 
     async def verify_contact(self, event_id: int, sender: Sender, phone: str, contact_user_id: str | None) -> None:
         """A shared contact: link the user to the CRM customer when it is their own and matches."""

@@ -335,7 +335,7 @@ def test_chat_before_any_index_exits_2() -> None:
 
 @pytest.mark.slow
 def test_demo_indexes_the_sample_bank(isolated: Path) -> None:
-    result = ok(invoke("demo", "--no-chat"))
+    result = ok(invoke("demo", "--no-chat", "--no-web"))
 
     text = flat(result.stdout)
     assert "Perimeter demo" in text

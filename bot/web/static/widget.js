@@ -303,9 +303,16 @@
     const text = String(amount);
     if (!/^-?\d+(\.\d+)?$/.test(text)) return text; // "•••": hidden by the server's policy
     const number = Number(text);
+    // Kopecks only when there are any: "500 000 ₽", "48 320,50 ₽".
+    const digits = Number.isInteger(number) ? 0 : 2;
     if (currency) {
       try {
-        return new Intl.NumberFormat(LOCALE, { style: "currency", currency, maximumFractionDigits: 2 }).format(number);
+        return new Intl.NumberFormat(LOCALE, {
+          style: "currency",
+          currency,
+          minimumFractionDigits: digits,
+          maximumFractionDigits: 2,
+        }).format(number);
       } catch {
         /* an unknown currency code: fall through */
       }
