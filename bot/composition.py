@@ -433,7 +433,8 @@ class Container:
         from bot.operators import OperatorService
 
         return OperatorService(self.db, self.tickets, self.pipeline, self.outgoing, clock=self.clock,
-                               on_queued=self._outbox_notify)
+                               on_queued=self._outbox_notify, customers=self.customers,
+                               show_financial=self.settings.widget.show_financial)
 
     def _outbox_notify(self) -> None:
         if "outbox_sender" in self.__dict__:

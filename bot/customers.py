@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
@@ -30,8 +30,10 @@ from crm_adapters.base import (
     CustomerRef,
     Lookup,
     Sensitivity,
+    Value,
     normalize_phone,
 )
+from rag.redaction import mask_pii
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,43 @@ class CustomerDirectory:
             return await self._crm.context(ref)
         except (CrmUnavailable, CrmError):
             return None
+
+
+@dataclass(frozen=True)
+class WidgetPolicy:
+    """What the widget shows: "secret" values never; financial ones masked unless allowed."""
+
+    show_financial: bool = True
+    unmask_contacts: bool = False
+
+
+def _value(v: Value, policy: WidgetPolicy) -> dict[str, str] | None:
+    if v.sensitivity == "secret":
+        return None
+    if v.sensitivity == "financial" and not policy.show_financial:
+        return {"label": v.label, "value": "•••", "sensitivity": v.sensitivity}
+    text = v.value if policy.unmask_contacts or v.sensitivity != "personal" else mask_pii(v.value)
+    return {"label": v.label, "value": text, "sensitivity": v.sensitivity}
+
+
+def customer_json(ctx: CustomerContext, policy: WidgetPolicy) -> dict[str, Any]:
+    contacts = [_value(v, policy) for v in (*ctx.phones, *ctx.emails)]
+    values = [_value(v, policy) for v in ctx.values]
+    return {
+        "id": ctx.customer.id,
+        "name": ctx.name.value,
+        "contacts": [c for c in contacts if c],
+        "values": [v for v in values if v],
+        "deals": [
+            {"id": d.id, "title": d.title, "stage": d.stage, "closed": d.closed,
+             "amount": None if d.amount is None else (str(d.amount) if policy.show_financial else "•••"),
+             "currency": d.currency,
+             "values": [x for x in (_value(v, policy) for v in d.values) if x]}
+            for d in ctx.deals
+        ],
+        "tasks": [{"title": t.title, "deadline": t.deadline.isoformat() if t.deadline else None, "done": t.done}
+                  for t in ctx.tasks],
+    }
 
 
 def linked(conn: Connection, user_id: int) -> LinkRecord | None:

@@ -13,11 +13,12 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from bot.customers import CustomerDirectory, WidgetPolicy, customer_json
 from bot.i18n import t
 from bot.outgoing import Outgoing, OutgoingQueue
 from bot.storage.database import Database
 from bot.storage.outbox import OutboxRepository
-from bot.telegram.render import html_to_plain, render_answer
+from bot.telegram.render import escape_html, html_to_plain, render_answer
 from bot.tickets import ClaimOutcome, Operator, ReplyOutcome, TicketService
 from rag.errors import AppError
 from rag.pipeline import AnswerPipeline, AnswerRequest
@@ -29,9 +30,11 @@ class OperatorService:
     def __init__(
         self, db: Database, tickets: TicketService, pipeline: AnswerPipeline, out: OutgoingQueue, *,
         clock: Callable[[], Any], on_queued: Callable[[], None] = lambda: None,
+        customers: CustomerDirectory | None = None, show_financial: bool = True,
     ) -> None:
         self._db, self._tickets, self._pipeline, self._out = db, tickets, pipeline, out
         self._clock, self._on_queued = clock, on_queued
+        self._customers, self._show_financial = customers, show_financial
 
     @property
     def desk(self) -> Any:
@@ -42,9 +45,28 @@ class OperatorService:
         self._on_queued()
         return result
 
-    async def claim(self, ticket_id: int, operator: Operator) -> ClaimOutcome:
+    async def claim(self, ticket_id: int, operator: Operator, *, private_chat: int | None = None) -> ClaimOutcome:
+        """Claim a ticket; the winner gets the customer's CRM summary in ``private_chat`` when the
+        customer is verified — operators see the customers of the tickets they work on."""
         outcome: ClaimOutcome = await self._tx(lambda c: self._tickets.claim(c, ticket_id, operator))
+        if outcome.won and outcome.ticket is not None and private_chat is not None:
+            card = await self._customer_card(outcome.ticket.user_id)
+            if card:
+                await self.notify(0, private_chat, card, suffix=f":claim:{ticket_id}:{operator.id}")
         return outcome
+
+    async def _customer_card(self, user_id: int) -> str | None:
+        if self._customers is None or not self._customers.enabled:
+            return None
+        link = await self._customers.link_of(user_id)
+        context = await self._customers.context_of(link.ref) if link else None
+        if context is None:
+            return None
+        data = customer_json(context, WidgetPolicy(show_financial=self._show_financial))
+        lines = [t(self.desk.language, "customer_card_title", name=data["name"])]
+        lines += [f"{escape_html(c['label'])}: {escape_html(c['value'])}" for c in data["contacts"] + data["values"]]
+        lines += [f"• {escape_html(d['title'])} — {escape_html(d['stage'])}" for d in data["deals"] if not d["closed"]]
+        return "\n".join(lines)
 
     async def resolve(self, ticket_id: int, operator: Operator) -> ReplyOutcome:
         outcome: ReplyOutcome = await self._tx(lambda c: self._tickets.resolve(c, ticket_id, operator))
@@ -87,8 +109,9 @@ class OperatorService:
 
         def run(conn: Connection) -> None:
             self._out.queue(conn, Outgoing(
-                chat_id=chat_id, html=html, plain=html_to_plain(html), kind="operator_notice",
+                chat_id=chat_id, html=html, plain=html_to_plain(html),
                 dedupe_key=f"ev{event_id}:opnote{suffix}", thread_id=thread_id, reply_to_message_id=reply_to,
+                kind="operator_private" if suffix.startswith(":claim") else "operator_notice",
             ), self._clock())
 
         await self._tx(run)

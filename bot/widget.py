@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from bot.customers import CustomerDirectory
+from bot.customers import CustomerDirectory, WidgetPolicy, customer_json
 from bot.i18n import format_waiting, reason_label, status_label
 from bot.operators import OperatorService
 from bot.storage.conversations import ConversationRepository
@@ -25,49 +24,11 @@ from bot.storage.tables import conversations, customer_links, tickets, users
 from bot.storage.tickets import ACTIVE, TicketRepository
 from bot.tickets import Operator, ReplyOutcome
 from bot.web.auth import AuthError, WidgetSession
-from crm_adapters.base import CrmError, CrmUnavailable, CrmWriter, CustomerContext, CustomerRef, Value
+from crm_adapters.base import CrmError, CrmUnavailable, CrmWriter, CustomerRef
 from rag.answer import AnswerResult
 from rag.pipeline import AnswerPipeline, AnswerRequest
-from rag.redaction import mask_pii
 
 Authenticator = Callable[[Mapping[str, str]], Awaitable[WidgetSession]]
-
-
-@dataclass(frozen=True)
-class WidgetPolicy:
-    """What the widget shows: "secret" values never; financial ones masked unless allowed."""
-
-    show_financial: bool = True
-    unmask_contacts: bool = False
-
-
-def _value(v: Value, policy: WidgetPolicy) -> dict[str, str] | None:
-    if v.sensitivity == "secret":
-        return None
-    if v.sensitivity == "financial" and not policy.show_financial:
-        return {"label": v.label, "value": "•••", "sensitivity": v.sensitivity}
-    text = v.value if policy.unmask_contacts or v.sensitivity != "personal" else mask_pii(v.value)
-    return {"label": v.label, "value": text, "sensitivity": v.sensitivity}
-
-
-def customer_json(ctx: CustomerContext, policy: WidgetPolicy) -> dict[str, Any]:
-    contacts = [_value(v, policy) for v in (*ctx.phones, *ctx.emails)]
-    values = [_value(v, policy) for v in ctx.values]
-    return {
-        "id": ctx.customer.id,
-        "name": ctx.name.value,
-        "contacts": [c for c in contacts if c],
-        "values": [v for v in values if v],
-        "deals": [
-            {"id": d.id, "title": d.title, "stage": d.stage, "closed": d.closed,
-             "amount": None if d.amount is None else (str(d.amount) if policy.show_financial else "•••"),
-             "currency": d.currency,
-             "values": [x for x in (_value(v, policy) for v in d.values) if x]}
-            for d in ctx.deals
-        ],
-        "tasks": [{"title": t.title, "deadline": t.deadline.isoformat() if t.deadline else None, "done": t.done}
-                  for t in ctx.tasks],
-    }
 
 
 def answer_json(result: AnswerResult) -> dict[str, Any]:

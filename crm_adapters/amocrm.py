@@ -48,6 +48,7 @@ import httpx
 from crm_adapters.base import (
     AmbiguousCustomer,
     CrmError,
+    CrmNotSent,
     CrmTask,
     CrmUnavailable,
     CustomerContext,
@@ -444,6 +445,9 @@ class AmoCrm:
                     json=json,
                     headers={"Authorization": f"Bearer {token}", "Accept": "application/hal+json, application/json"},
                 )
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # Never reached amo: nothing happened there, so even a write may be retried.
+                raise CrmNotSent(f"cannot connect to amoCRM for {where} ({type(exc).__name__})") from None
             except httpx.TimeoutException as exc:
                 raise CrmUnavailable(f"amoCRM did not answer {where} in time ({type(exc).__name__})") from None
             except httpx.HTTPError as exc:
@@ -466,7 +470,7 @@ class AmoCrm:
         problem = self._problem(response)
         if status == 429:
             retry_after = _retry_after(response.headers.get("Retry-After"))
-            raise CrmUnavailable(
+            raise CrmNotSent(  # refused before acting on it: safe to retry, even a write
                 f"amoCRM rate limit (7 requests/s per integration) hit on {where}{problem}", retry_after_s=retry_after
             )
         if status >= 500:

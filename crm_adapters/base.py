@@ -49,6 +49,17 @@ class CrmUnavailable(BackendUnavailable):
         self.retry_after_s = retry_after_s
 
 
+class CrmNotSent(CrmUnavailable):
+    """The request never reached the CRM, so nothing happened there: safe to retry, even a write.
+
+    Adapters raise it for failures *before* the request was sent — connection refused, name
+    resolution, connect timeout, no connection from the pool, and a 429 (the CRM refused the
+    request without acting on it). A plain ``CrmUnavailable`` means the CRM may have acted.
+    """
+
+    code = "crm_not_sent"
+
+
 class AmbiguousCustomer(CrmError):
     """Several customers match a lookup: none is returned."""
 

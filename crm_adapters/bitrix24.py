@@ -46,6 +46,7 @@ import httpx
 from crm_adapters.base import (
     AmbiguousCustomer,
     CrmError,
+    CrmNotSent,
     CrmTask,
     CrmUnavailable,
     CustomerContext,
@@ -400,6 +401,9 @@ class Bitrix24Crm:
         started = time.monotonic()
         try:
             response = await self._http.post(url, json=payload)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # Never reached Bitrix24: nothing happened there, so even a write may be retried.
+            raise CrmNotSent(f"cannot connect to {self._where} for {method}: {type(exc).__name__}") from None
         except httpx.TimeoutException:
             raise CrmUnavailable(f"{self._where} did not answer {method} in time") from None
         except httpx.TransportError as exc:
@@ -423,10 +427,12 @@ class Bitrix24Crm:
         detail = f"{status} {error or 'no error code'}" + (f": {description}" if description else "")
         if error == "QUERY_LIMIT_EXCEEDED":
             # 503 "Too many requests": Bitrix24's leaky bucket drains about two requests a second.
-            raise CrmUnavailable(
+            raise CrmNotSent(  # refused before acting on it
                 f"{self._where} rate-limited {method} ({detail})", retry_after_s=QUERY_LIMIT_RETRY_AFTER_S
             )
-        if status == 429 or status >= 500:
+        if status == 429:
+            raise CrmNotSent(f"{self._where} rate-limited {method} ({detail})", retry_after_s=_retry_after(response))
+        if status >= 500:
             raise CrmUnavailable(f"{self._where} failed {method} ({detail})", retry_after_s=_retry_after(response))
         if status == 200:
             raise CrmUnavailable(f"{self._where} answered {method} with something that is not a REST result")

@@ -31,8 +31,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from bot.storage.database import create_db_engine
-from crm_adapters.base import CrmError, CustomerContext, CustomerRef, Lookup, NewTask
-from crm_adapters.resilience import CrmNotSent
+from crm_adapters.base import CrmError, CrmNotSent, CustomerContext, CustomerRef, Lookup, NewTask
 from crm_adapters.sql import SqlCrm, SqlMapping
 from rag.errors import ConfigError
 

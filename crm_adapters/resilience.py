@@ -27,6 +27,7 @@ from typing import Literal, TypeVar
 
 from crm_adapters.base import (
     CrmError,
+    CrmNotSent,
     CrmReader,
     CrmUnavailable,
     CrmWriter,
@@ -41,17 +42,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CircuitState = Literal["closed", "open", "half_open"]
-
-
-class CrmNotSent(CrmUnavailable):
-    """The request never reached the CRM, so nothing happened there: safe to retry, even a write.
-
-    Adapters raise it for failures *before* the request was sent — connection refused, name
-    resolution, connect timeout, no connection from the pool, and a 429 (the CRM refused the
-    request without acting on it). A plain ``CrmUnavailable`` means the CRM may have acted.
-    """
-
-    code = "crm_not_sent"
 
 
 class CrmCircuitOpen(CrmUnavailable):

@@ -59,6 +59,7 @@ from sqlalchemy.sql.elements import TextClause
 from crm_adapters.base import (
     AmbiguousCustomer,
     CrmError,
+    CrmNotSent,
     CrmTask,
     CrmUnavailable,
     CustomerContext,
@@ -69,7 +70,6 @@ from crm_adapters.base import (
     Value,
     normalize_phone,
 )
-from crm_adapters.resilience import CrmNotSent
 from rag.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -182,7 +182,7 @@ def build_router(customers: ConversationService, operators: OperatorService) -> 
         action, ticket_id = query.data.split(":")[0], int(query.data.split(":")[1])
         op, lang = operator_of(query.from_user), desk.language
         if action == "claim":
-            claim = await operators.claim(ticket_id, op)
+            claim = await operators.claim(ticket_id, op, private_chat=query.from_user.id)
             if claim.won:
                 await _answer_callback(query, t(lang, "claimed_by", name=op.name, ticket_id=ticket_id))
             else:

@@ -260,3 +260,22 @@ async def test_with_redaction_a_prompt_to_an_outside_endpoint_carries_no_custome
         assert raw not in sent, raw
     assert "[NAME_1]" in sent and "[PHONE_1]" in sent
     assert "Иванова Марина" in answer.text and "[NAME_1]" not in answer.text
+
+
+async def test_the_operator_who_claims_sees_the_verified_customers_crm_summary(demo: RunningService) -> None:
+    from tests.support.fake_telegram import callback_update
+    from tests.support.service import OPERATOR_CHAT, OPERATORS
+
+    tg = demo.telegram
+    await demo.post_update(contact_update(1, user_id=MARINA_TG, phone_number=MARINA_PHONE))
+    await tg.await_for(lambda m: m.chat_id == MARINA_TG)
+    await demo.post_update(message_update(2, user_id=MARINA_TG, text="Позовите оператора, пожалуйста"))
+    (card,) = await tg.await_for(lambda m: m.chat_id == OPERATOR_CHAT and "claim:" in str(m.reply_markup))
+    assert "Просто кредит" not in card.text  # the group sees no CRM data
+    shown = tg.stored_message(OPERATOR_CHAT, card.message_id)
+    assert shown is not None
+    await demo.post_update(callback_update(3, user_id=OPERATORS[0], data="claim:1", message=shown, first_name="Ольга"))
+    (summary,) = await tg.await_for(lambda m: m.chat_id == OPERATORS[0])
+    assert "Иванова Марина" in summary.text and "Просто кредит" in summary.text
+    assert "245-18-07" not in summary.text and "9212451807" not in summary.text  # contacts masked
+    assert "1108 557310" not in summary.text  # the passport is secret

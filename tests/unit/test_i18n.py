@@ -42,6 +42,7 @@ EXPECTED_PLACEHOLDERS: dict[str, set[str]] = {
     "unsupported_message": set(),
     "empty_message": set(),
     "verify_offer": set(),
+    "customer_card_title": {"name"},
     "button_share_contact": set(),
     "verify_done": set(),
     "verify_not_own": set(),

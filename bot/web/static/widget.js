@@ -413,6 +413,7 @@
     lastQuestion: null, // the customer's last message the suggestion was made for
     askSeq: 0,
     suggestionSeq: 0,
+    queueTickets: null, // the last queue the server sent
     queueNotices: new Map(), // ticket id -> {kind, text}
     timer: null,
   };
@@ -756,6 +757,8 @@
     sections.ticket.root.hidden = !aboutCustomer;
     sections.suggestion.root.hidden = !aboutCustomer;
     if (aboutCustomer) renderTicket(summary);
+    // The queue marks this customer's ticket; it may have loaded first.
+    if (state.queueTickets) renderQueue(state.queueTickets);
     // A new message from the customer makes the old suggestion stale.
     const last = [...(summary.conversation || [])].reverse().find((m) => m.role === "customer");
     const question = last ? last.text : null;
@@ -1007,7 +1010,8 @@
     try {
       const result = await api("/widget/api/queue");
       queueLoaded = true;
-      renderQueue(result.tickets || []);
+      state.queueTickets = result.tickets || [];
+      renderQueue(state.queueTickets);
       const time = new Intl.DateTimeFormat(LOCALE, { hour: "2-digit", minute: "2-digit", second: "2-digit" }).format(new Date());
       queueFooter.className = "hint queue-footer";
       queueFooter.textContent = tr("updatedAt", { time });
