@@ -1,5 +1,3 @@
-"""CRM adapters (Bitrix24, amoCRM/Kommo, SQL, demo) behind one small port.
-
-Not built yet: they arrive with the CRM issue. The package exists so the layout is the one
-the architecture notes describe; nothing imports it today.
-"""
+"""CRM adapters behind one small port (``base``): Bitrix24, amoCRM/Kommo, the company's own SQL
+database (read-only mapped queries) and the demo CRM, plus retries and a circuit breaker
+(``resilience``) that the composition root puts in front of whichever is configured."""
