@@ -13,6 +13,7 @@ a person → the answer pipeline (answer, or escalate when it does not know or t
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from bot.storage.database import Database
 from bot.storage.tickets import TicketRepository
 from bot.telegram.render import html_to_plain, render_answer
 from bot.tickets import TicketService
+from bot.usage import record_usage
 from rag.answer import AnswerResult
 from rag.errors import AppError, InputError
 from rag.llm.base import ChatModel
@@ -92,9 +94,11 @@ class ConversationService:
             await self._escalate(turn, REASON_CUSTOMER_REQUEST, dedupe=f"ev{event_id}", question=text)
             return
         personal = asks_personal_data(text)
-        context_text, crm_note = None, False
+        context_text, crm_note, crm_s = None, False, None
         if self.customers is not None and self.customers.enabled:
+            started = time.perf_counter()
             found = await self.customers.context_for(turn.user.id)
+            crm_s = time.perf_counter() - started
             if personal and not found.linked:
                 # No personal data without proof of identity: offer the contact button instead.
                 await self._tx(lambda c: self._notice(c, turn, "verify_offer", f"ev{event_id}:verify", "answered",
@@ -113,12 +117,13 @@ class ConversationService:
             return
         if result.failure:
             await self._escalate(turn, REASON_MODEL_UNAVAILABLE, dedupe=f"ev{event_id}", question=text,
-                                 answer=result, notice="model_unavailable")
+                                 answer=result, notice="model_unavailable", crm_s=crm_s)
         elif result.escalate:
             await self._escalate(turn, result.reason or "low_confidence", dedupe=f"ev{event_id}", question=text,
-                                 answer=result)
+                                 answer=result, crm_s=crm_s)
         else:
-            await self._tx(lambda c: self._deliver_answer(c, turn, result, dedupe=f"ev{event_id}", crm_note=crm_note))
+            await self._tx(lambda c: self._deliver_answer(c, turn, result, dedupe=f"ev{event_id}", crm_note=crm_note,
+                                                          crm_s=crm_s))
 
     def _receive(self, conn: Connection, event_id: int, sender: Sender, text: str) -> _Turn | None:
         """Step one: store the message, then rate limit / forward to an open ticket, or hand on."""
@@ -158,12 +163,14 @@ class ConversationService:
         return _Turn(user, conversation_id, message_id, history)
 
     def _deliver_answer(self, conn: Connection, turn: _Turn, result: AnswerResult, *, dedupe: str,
-                        crm_note: bool = False) -> None:
+                        crm_note: bool = False, crm_s: float | None = None) -> None:
         now = self._clock()
         repo = ConversationRepository(conn)
         answer_message = repo.add_message(turn.conversation_id, turn.user.id, "assistant", result.text, now)
         answer_id = repo.add_answer(turn.conversation_id, turn.message_id, answer_message, result,
                                     channel=turn.user.channel, audience="customer", now=now)
+        record_usage(conn, now=now, channel=turn.user.channel, audience="customer", result=result, crm_s=crm_s,
+                     answer_id=answer_id)
         lang = turn.user.language
         parts = render_answer(result, lang=lang)
         buttons = (
@@ -181,7 +188,7 @@ class ConversationService:
     # escalation ----------------------------------------------------------------------------------
     async def _escalate(
         self, turn: _Turn, reason: str, *, dedupe: str, question: str | None, answer: AnswerResult | None = None,
-        notice: str = "escalated",
+        notice: str = "escalated", crm_s: float | None = None, usage_outcome: str = "escalated",
     ) -> None:
         """Open a ticket with a summary and a draft for the operator; tell the customer."""
         transcript_rows = await self._tx(
@@ -197,9 +204,12 @@ class ConversationService:
         def commit(conn: Connection) -> None:
             now = self._clock()
             repo = ConversationRepository(conn)
+            answer_id = None
             if answer is not None:
-                repo.add_answer(turn.conversation_id, turn.message_id, None, answer, channel=turn.user.channel,
-                                audience="customer", now=now)
+                answer_id = repo.add_answer(turn.conversation_id, turn.message_id, None, answer,
+                                            channel=turn.user.channel, audience="customer", now=now)
+            record_usage(conn, now=now, channel=turn.user.channel, audience="customer", result=answer,
+                         outcome=usage_outcome, reason=reason, language=lang, crm_s=crm_s, answer_id=answer_id)
             ticket, _created = self.tickets.open(
                 conn, user=turn.user, conversation_id=turn.conversation_id, reason=reason, language=lang,
                 summary=summary.text, summary_mode=summary.mode, transcript=transcript,
@@ -363,7 +373,7 @@ class ConversationService:
             return
         try:
             await self._escalate(turn, REASON_PROCESSING_ERROR, dedupe=f"ev{event_id}:failed", question=None,
-                                 notice="processing_error")
+                                 notice="processing_error", usage_outcome="failed")
         except Exception:
             log.exception("could not open a ticket for failed event %s", event_id)
 

@@ -24,6 +24,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import update
@@ -31,6 +32,7 @@ from sqlalchemy import update
 from bot.customers import context_for_prompt
 from bot.storage.database import Database
 from bot.storage.tables import inbound_events
+from bot.usage import record_usage
 from crm_adapters.amocrm import parse_amo_webhook
 from crm_adapters.base import CrmError, CrmReader, CrmWriter, CustomerRef, Lookup, normalize_phone
 from rag.answer import AnswerResult
@@ -186,6 +188,8 @@ class CrmEventProcessor:
             event.text, audience="customer",
             customer_context=context_for_prompt(context, language) if context else None,
         ))
+        await self._db.tx(lambda c: record_usage(c, now=datetime.now(UTC), channel=f"crm:{event.source}",
+                                                 audience="customer", result=result))
         out: dict[str, Any] = {
             "suggestion": None if result.escalate else result.text,
             "escalate": result.escalate, "reason": result.reason, "mode": result.mode,

@@ -20,6 +20,7 @@ from bot.storage.database import Database
 from bot.storage.outbox import OutboxRepository
 from bot.telegram.render import escape_html, html_to_plain, render_answer
 from bot.tickets import ClaimOutcome, Operator, ReplyOutcome, TicketService
+from bot.usage import record_usage
 from rag.errors import AppError
 from rag.pipeline import AnswerPipeline, AnswerRequest
 
@@ -132,6 +133,7 @@ class OperatorService:
         parts = render_answer(result, lang=result.language)
 
         def run(conn: Connection) -> None:
+            record_usage(conn, now=self._clock(), channel="telegram", audience="operator", result=result)
             for n, part in enumerate(parts):
                 self._out.queue(conn, Outgoing(
                     chat_id=chat_id, html=part.html, plain=part.plain, kind="operator_answer",

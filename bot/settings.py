@@ -205,6 +205,31 @@ class WidgetSettings(BaseSettings):
     show_financial: bool = True
 
 
+class CostSettings(BaseSettings):
+    model_config = _config("PERIMETER_COST_")
+
+    currency: str = "₽"
+    # The local GPU's cost per hour: given directly, or from the hardware price amortised over its
+    # life plus its power at the electricity price.
+    gpu_hourly: float | None = Field(default=None, ge=0)
+    hardware_price: float = Field(default=350_000.0, ge=0)  # e.g. a server share with one 24 GB GPU
+    hardware_life_years: float = Field(default=3.0, gt=0)
+    power_kw: float = Field(default=0.45, ge=0)
+    electricity_per_kwh: float = Field(default=7.0, ge=0)
+    # Tokens per second the local model generates; unset: measured from the usage records.
+    tokens_per_second: float | None = Field(default=None, gt=0)
+    # A cloud API to compare with, per 1,000 tokens, in the same currency.
+    cloud_name: str = "cloud API (GPT-4o class)"
+    cloud_input_per_1k: float = Field(default=0.25, ge=0)
+    cloud_output_per_1k: float = Field(default=1.0, ge=0)
+
+    @property
+    def hourly(self) -> float:
+        if self.gpu_hourly is not None:
+            return self.gpu_hourly
+        return self.hardware_price / (self.hardware_life_years * 365 * 24) + self.power_kw * self.electricity_per_kwh
+
+
 class HttpSettings(BaseSettings):
     model_config = _config("PERIMETER_HTTP_")
 
@@ -230,6 +255,7 @@ class Settings(BaseSettings):
     crm: CrmSettings = Field(default_factory=CrmSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     widget: WidgetSettings = Field(default_factory=WidgetSettings)
+    cost: CostSettings = Field(default_factory=CostSettings)
 
     @field_validator("data_dir")
     @classmethod
@@ -264,6 +290,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "crm": CrmSettings,
     "privacy": PrivacySettings,
     "widget": WidgetSettings,
+    "cost": CostSettings,
 }
 
 

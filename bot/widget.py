@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -23,6 +24,7 @@ from bot.storage.database import Database
 from bot.storage.tables import conversations, customer_links, tickets, users
 from bot.storage.tickets import ACTIVE, TicketRepository
 from bot.tickets import Operator, ReplyOutcome
+from bot.usage import record_usage
 from bot.web.auth import AuthError, WidgetSession
 from crm_adapters.base import CrmError, CrmUnavailable, CrmWriter, CustomerRef
 from rag.answer import AnswerResult
@@ -93,8 +95,6 @@ class WidgetService:
         }
 
     def _ticket_json(self, ticket: Any, customer: str | None) -> dict[str, Any]:
-        from datetime import UTC, datetime
-
         waited = (datetime.now(UTC) - ticket.created_at).total_seconds()
         return {
             "id": ticket.id, "status": ticket.status, "status_label": status_label(self.language, ticket.status),
@@ -114,7 +114,10 @@ class WidgetService:
         return {"question": last, "answer": answer_json(result)}
 
     async def ask(self, question: str) -> dict[str, Any]:
-        return answer_json(await self._pipeline.answer(AnswerRequest(question, audience="operator")))
+        result = await self._pipeline.answer(AnswerRequest(question, audience="operator"))
+        await self._db.tx(lambda c: record_usage(c, now=datetime.now(UTC), channel="widget", audience="operator",
+                                                 result=result))
+        return answer_json(result)
 
     async def queue(self) -> list[dict[str, Any]]:
         def run(conn: Connection) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ class OutboxRow:
     attempts: int
     ticket_id: int | None
     ref_outbox_id: int | None
+    answer_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class OutboxRepository:
     def get(self, row_id: int) -> OutboxRow:
         m = self._c.execute(select(outbox).where(outbox.c.id == row_id)).one()._mapping
         return OutboxRow(m["id"], m["channel"], m["chat_id"], m["method"], dict(m["payload"]), m["kind"],
-                         m["attempts"], m["ticket_id"], m["ref_outbox_id"])
+                         m["attempts"], m["ticket_id"], m["ref_outbox_id"], m["answer_id"])
 
     def sent_message_id(self, row_id: int) -> tuple[str, int | None]:
         """The status of a row and the message id it produced (for edits of that message)."""

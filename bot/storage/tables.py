@@ -209,6 +209,50 @@ ticket_events = Table(
     Column("created_at", UtcDateTime, nullable=False),
 )
 
+# One row per question the service handled, for reports and cost: how it ended, how long each
+# stage took, what the model used. ``delivery_s`` is filled in when the reply has been sent.
+usage_records = Table(
+    "usage_records",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("channel", String(20), nullable=False),  # telegram | widget | crm | demo
+    Column("audience", String(16), nullable=False),  # customer | operator
+    # answered | cached | extractive | escalated | failed
+    Column("outcome", String(20), nullable=False),
+    Column("reason", String(40), nullable=True),  # why it was escalated
+    Column("language", String(5), nullable=False),
+    Column("model", String(200), nullable=True),
+    Column("backend", String(20), nullable=True),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("used_customer_data", Boolean, nullable=False, default=False),
+    Column("retrieval_s", Float, nullable=True),
+    Column("crm_s", Float, nullable=True),
+    Column("model_queue_s", Float, nullable=True),
+    Column("model_ttft_s", Float, nullable=True),
+    Column("model_total_s", Float, nullable=True),
+    Column("total_s", Float, nullable=False),
+    Column("delivery_s", Float, nullable=True),
+    Column("answer_id", Integer, nullable=True, index=True),
+    Index("ix_usage_created", "created_at"),
+)
+
+# Leases of scheduled jobs: with several replicas each job runs once per scheduled time; a job
+# whose holder died is taken over when its lease runs out; a slow run is never overlapped.
+job_leases = Table(
+    "job_leases",
+    metadata,
+    Column("name", String(60), primary_key=True),
+    Column("holder", String(100), nullable=True),
+    Column("lease_until", UtcDateTime, nullable=True),
+    Column("last_slot", UtcDateTime, nullable=True),  # the scheduled time of the last run taken
+    Column("last_started_at", UtcDateTime, nullable=True),
+    Column("last_finished_at", UtcDateTime, nullable=True),
+    Column("last_status", String(20), nullable=True),  # ok | failed
+    Column("last_detail", JSON, nullable=True),
+)
+
 # Every inbound event (a Telegram update, later CRM webhooks) is stored under its source's
 # idempotency key before it is acknowledged, then processed by a worker holding a lease.
 inbound_events = Table(

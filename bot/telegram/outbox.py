@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection
 from bot.outgoing import Outgoing
 from bot.storage.database import Database
 from bot.storage.outbox import NewOutboxMessage, OutboxRepository, OutboxRow
+from bot.usage import record_delivery
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,14 @@ class OutboxSender:
     async def _finish(self, row: OutboxRow, message_id: int | None, *, error: str | None = None) -> None:
         now = self._clock()
         if error is None:
-            await self._db.tx(lambda c: OutboxRepository(c).mark_sent(row.id, message_id, now))
+            answer_id = row.answer_id if row.kind == "answer" else None
+
+            def sent(c: Connection) -> None:
+                OutboxRepository(c).mark_sent(row.id, message_id, now)
+                if answer_id is not None:
+                    record_delivery(c, answer_id, now)
+
+            await self._db.tx(sent)
         else:
             log.warning("outbox row %s (%s to %s) failed: %s", row.id, row.kind, row.chat_id, error)
             await self._db.tx(lambda c: OutboxRepository(c).mark_failed(row.id, error, now))

@@ -1,0 +1,59 @@
+"""Usage records: one row per question handled, the raw material of reports, costs and SLAs.
+
+Written in the same transaction as the answer or the ticket it describes, so the figures and
+what customers saw never disagree. ``delivery_s`` is completed by the outbox sender when the
+reply's first message has been sent.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import update
+from sqlalchemy.engine import Connection
+
+from bot.storage.events import new_id
+from bot.storage.tables import usage_records
+from rag.answer import AnswerResult
+
+OUTCOMES = ("answered", "cached", "extractive", "escalated", "failed")
+
+
+def outcome_of(result: AnswerResult) -> str:
+    if result.escalate:
+        return "escalated"
+    return {"cached": "cached", "extractive": "extractive"}.get(result.mode, "answered")
+
+
+def record_usage(
+    conn: Connection, *, now: datetime, channel: str, audience: str, result: AnswerResult | None = None,
+    outcome: str | None = None, reason: str | None = None, language: str = "ru", crm_s: float | None = None,
+    answer_id: int | None = None,
+) -> int:
+    """Record one handled question; without ``result`` (a customer asked for a person, or
+    handling failed) only the outcome and reason are known."""
+    timings = result.timings if result is not None else {}
+    usage = result.usage if result is not None else None
+    retrieval = sum(timings.get(k, 0.0) for k in ("prepare", "embed", "search")) if timings else None
+    return new_id(conn.execute(usage_records.insert().values(
+        created_at=now, channel=channel, audience=audience,
+        outcome=outcome or (outcome_of(result) if result is not None else "escalated"),
+        reason=reason if reason is not None else (result.reason if result is not None else None),
+        language=result.language if result is not None else language,
+        model=usage.model if usage else None, backend=usage.backend if usage else None,
+        prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=usage.completion_tokens if usage else 0,
+        used_customer_data=bool(result and result.used_customer_context),
+        retrieval_s=retrieval, crm_s=crm_s, model_queue_s=usage.queue_wait_s if usage else None,
+        model_ttft_s=usage.time_to_first_token_s if usage else None, model_total_s=usage.total_s if usage else None,
+        total_s=(timings.get("total", 0.0) + (crm_s or 0.0)) if timings else (crm_s or 0.0), answer_id=answer_id,
+    )))
+
+
+def record_delivery(conn: Connection, answer_id: int, sent_at: datetime) -> None:
+    """The reply to a question reached the channel: how long after the question was answered."""
+    rows = conn.execute(
+        usage_records.select().where(usage_records.c.answer_id == answer_id, usage_records.c.delivery_s.is_(None))
+    ).mappings().all()
+    for row in rows:
+        conn.execute(update(usage_records).where(usage_records.c.id == row["id"]).values(
+            delivery_s=max(0.0, (sent_at - row["created_at"]).total_seconds())))
