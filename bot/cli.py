@@ -272,7 +272,8 @@ async def _demo(c: Container, *, chat: bool, web: bool, port: int | None) -> Non
         if web:
             host = c.settings.http.host
             bind = port or _free_port(host, c.settings.http.port)
-            server = uvicorn.Server(uvicorn.Config(create_app(webhook=None, routers=c.web_routers()), host=host,
+            server = uvicorn.Server(uvicorn.Config(create_app(webhook=None, routers=c.web_routers(),
+                                                              readiness=c.readiness, metrics=c.metrics), host=host,
                                                    port=bind, log_level="warning", access_log=False))
             serving = asyncio.create_task(server.serve())
             while not server.started and not serving.done():  # noqa: ASYNC110 - uvicorn has no "started" event
@@ -446,7 +447,8 @@ def serve(
             ingress = c.webhook_ingress() if c.telegram_enabled else None
             runtime = ServiceRuntime(c, "webhook" if ingress else "polling")
             bind_host, bind_port = host or c.settings.http.host, port or c.settings.http.port
-            app_ = create_app(webhook=ingress, on_shutdown=runtime.stop, routers=c.web_routers())
+            app_ = create_app(webhook=ingress, on_shutdown=runtime.stop, routers=c.web_routers(),
+                              readiness=c.readiness, metrics=c.metrics)
             server = uvicorn.Server(uvicorn.Config(app_, host=bind_host, port=bind_port, log_level="warning",
                                                    access_log=False, lifespan="on"))
 

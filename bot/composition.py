@@ -6,6 +6,7 @@ releases what was opened.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,11 +41,14 @@ if TYPE_CHECKING:  # the service parts import aiogram/FastAPI: only `serve` and 
     from bot.conversations import ConversationService
     from bot.crm_events import CrmEventProcessor
     from bot.customers import CustomerDirectory
+    from bot.health import Readiness
+    from bot.metrics import Metrics
     from bot.operators import OperatorService
     from bot.storage.events import InboundEvent
     from bot.telegram.inbox import TelegramInbox
     from bot.telegram.outbox import OutboxSender, TelegramOutbox
     from bot.tickets import TicketService
+    from bot.usage import UsageLog
     from bot.web.app import WebhookIngress
     from bot.web.auth import SessionSigner
     from bot.widget import WidgetService
@@ -55,10 +59,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """Which chat model answers, or why none does (then answers are extractive)."""
+    """Which chat model answers, or why none does (then answers are extractive). ``limiter`` is
+    the queue in front of it (for the queue-depth metrics)."""
 
     model: ChatModel | None
     description: str
+    limiter: ConcurrencyLimiter | None = None
 
 
 def build_embedder(settings: Settings) -> Embedder:
@@ -128,7 +134,7 @@ def build_chat_model(settings: Settings) -> ModelChoice:
         from rag.llm.ollama_chat import OllamaChat
 
         client = ollama.AsyncClient(host=cfg.ollama_url, timeout=cfg.timeout_s)
-        return ModelChoice(_guarded(OllamaChat(client, cfg.model, limiter)), why if ok else f"Ollama ({why})")
+        return ModelChoice(_guarded(OllamaChat(client, cfg.model, limiter)), why if ok else f"Ollama ({why})", limiter)
     if backend == "openai":
         from rag.llm.openai_chat import OpenAICompatibleChat
 
@@ -136,16 +142,16 @@ def build_chat_model(settings: Settings) -> ModelChoice:
         key = cfg.api_key.get_secret_value() if cfg.api_key else None
         return ModelChoice(
             _guarded(OpenAICompatibleChat(http, cfg.model, limiter, api_key=key)),
-            f"OpenAI-compatible server at {cfg.openai_url}, model {cfg.model}",
+            f"OpenAI-compatible server at {cfg.openai_url}, model {cfg.model}", limiter,
         )
     from rag.llm.llamacpp_chat import LlamaCppChat
 
     assert cfg.gguf_path is not None  # load_settings checks this
     if not cfg.gguf_path.is_file():
         raise ConfigError(f"PERIMETER_LLM_GGUF_PATH: {cfg.gguf_path} is not a file")
+    single = ConcurrencyLimiter(1, cfg.max_queue)
     return ModelChoice(
-        LlamaCppChat(cfg.gguf_path, ConcurrencyLimiter(1, cfg.max_queue), n_ctx=cfg.n_ctx),
-        f"embedded llama.cpp, {cfg.gguf_path.name}",
+        LlamaCppChat(cfg.gguf_path, single, n_ctx=cfg.n_ctx), f"embedded llama.cpp, {cfg.gguf_path.name}", single,
     )
 
 
@@ -291,11 +297,18 @@ def guard_perimeter(settings: Settings, choice: ModelChoice) -> ModelChoice:
     if not guard.needs_redaction(url):
         return choice
     return ModelChoice(RedactingChat(choice.model, known_values=KNOWN_VALUES.get),
-                       f"{choice.description} · outside the perimeter: personal data redacted")
+                       f"{choice.description} · outside the perimeter: personal data redacted", choice.limiter)
 
 
 def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
+
+
+def _breaker_of(model: ChatModel | None) -> CircuitBreakerChat | None:
+    """The circuit breaker inside a chain of model decorators (redaction wraps it)."""
+    while model is not None and not isinstance(model, CircuitBreakerChat):
+        model = getattr(model, "_inner", None)
+    return model
 
 
 def _guarded(model: ChatModel) -> ChatModel:
@@ -390,6 +403,59 @@ class Container:
     clock: Callable[[], datetime] = utcnow
 
     @cached_property
+    def metrics(self) -> Metrics:
+        from bot.metrics import Metrics
+
+        metrics = Metrics()
+        metrics.watch_database(self.db)
+        limiter = self.model_choice.limiter
+        if limiter is not None:
+            breaker = _breaker_of(self.model_choice.model)
+            metrics.watch_model(lambda: limiter.waiting, lambda: limiter.in_flight,
+                                (lambda: breaker.state) if breaker is not None else None)
+        reader = self.crm.reader
+        state = getattr(reader, "state", None)
+        if state is not None:
+            metrics.watch_crm(lambda: str(getattr(reader, "state", "closed")))
+        return metrics
+
+    @cached_property
+    def usage(self) -> UsageLog:
+        from bot.usage import UsageLog
+
+        return UsageLog(self.metrics)
+
+    @cached_property
+    def readiness(self) -> Readiness:
+        from bot.health import Readiness
+        from bot.storage.database import current_revision, head_revision
+
+        async def database() -> str | None:
+            url = self.settings.database_url
+            current, head = await asyncio.to_thread(lambda: (current_revision(self.engine), head_revision(url)))
+            return None if current == head else f"schema {current}, code needs {head}: run `perimeter db upgrade`"
+
+        async def qdrant() -> str | None:
+            active = await asyncio.to_thread(self.retriever.active_collection)
+            exists = await asyncio.to_thread(self.qdrant.collection_exists, active.name)
+            return None if exists else f"collection {active.name} is missing: re-index"
+
+        async def model() -> str | None:
+            choice = self.model_choice
+            if choice.model is None:
+                return None  # extractive answers by configuration
+            breaker = _breaker_of(choice.model)
+            if breaker is not None and breaker.state == "open":
+                return "circuit open: the model server failed repeatedly"
+            return None if await choice.model.health() else f"not answering ({choice.description})"
+
+        async def crm() -> str | None:
+            state = getattr(self.crm.reader, "state", "closed")
+            return "circuit open: the CRM failed repeatedly" if state == "open" else None
+
+        return Readiness({"database": database, "qdrant": qdrant, "model": model, "crm": crm})
+
+    @cached_property
     def db(self) -> Database:
         return Database(self.engine)
 
@@ -425,7 +491,7 @@ class Container:
         return ConversationService(
             self.db, self.pipeline, self.tickets, self.outgoing, self.settings.chat, clock=self.clock,
             history_turns=self.settings.rag.history_turns, summary_model=self.model_choice.model,
-            on_queued=self._outbox_notify, customers=self.customers,
+            on_queued=self._outbox_notify, customers=self.customers, usage=self.usage,
         )
 
     @cached_property
@@ -434,7 +500,7 @@ class Container:
 
         return OperatorService(self.db, self.tickets, self.pipeline, self.outgoing, clock=self.clock,
                                on_queued=self._outbox_notify, customers=self.customers,
-                               show_financial=self.settings.widget.show_financial)
+                               show_financial=self.settings.widget.show_financial, usage=self.usage)
 
     def _outbox_notify(self) -> None:
         if "outbox_sender" in self.__dict__:
@@ -495,7 +561,8 @@ class Container:
 
         tg = self.settings.telegram
         return OutboxSender(self.bot, self.db, clock=self.clock, per_chat_interval_s=tg.per_chat_interval_s,
-                            global_rate_per_s=tg.global_rate_per_s, max_attempts=tg.send_max_attempts)
+                            global_rate_per_s=tg.global_rate_per_s, max_attempts=tg.send_max_attempts,
+                            usage=self.usage)
 
     @property
     def telegram_enabled(self) -> bool:
@@ -506,7 +573,7 @@ class Container:
         from bot.crm_events import CrmEventProcessor
 
         return CrmEventProcessor(self.db, self.pipeline, self.crm.reader, self.crm.writer,
-                                 write_notes=self.settings.crm.write_notes)
+                                 write_notes=self.settings.crm.write_notes, usage=self.usage)
 
     async def _crm_event(self, event: InboundEvent) -> None:
         await self.crm_events.handle(event.id, event.payload)
@@ -528,7 +595,7 @@ class Container:
 
         return WidgetService(self.db, self.pipeline, self.operators, self.customers, self.crm.writer,
                              policy=WidgetPolicy(show_financial=self.settings.widget.show_financial),
-                             language=self.settings.telegram.operator_language)
+                             language=self.settings.telegram.operator_language, usage=self.usage)
 
     def web_routers(self) -> list[APIRouter]:
         """The widget (with the entry points this configuration can authenticate) and the CRM webhooks."""

@@ -32,7 +32,7 @@ from bot.storage.database import Database
 from bot.storage.tickets import TicketRepository
 from bot.telegram.render import html_to_plain, render_answer
 from bot.tickets import TicketService
-from bot.usage import record_usage
+from bot.usage import UsageLog
 from rag.answer import AnswerResult
 from rag.errors import AppError, InputError
 from rag.llm.base import ChatModel
@@ -78,12 +78,13 @@ class ConversationService:
         self, db: Database, pipeline: AnswerPipeline, tickets: TicketService, out: OutgoingQueue,
         settings: ConversationSettings, *, clock: Callable[[], datetime], history_turns: int = 6,
         summary_model: ChatModel | None = None, on_queued: Callable[[], None] = lambda: None,
-        customers: CustomerDirectory | None = None,
+        customers: CustomerDirectory | None = None, usage: UsageLog | None = None,
     ) -> None:
         self._db, self._pipeline, self.tickets, self._out = db, pipeline, tickets, out
         self._cfg, self._clock, self._history_turns = settings, clock, history_turns
         self._summary_model, self._on_queued = summary_model, on_queued
         self.customers = customers
+        self._usage = usage or UsageLog()
 
     # the customer's free text ------------------------------------------------------------------
     async def handle_text(self, event_id: int, sender: Sender, text: str, *, typing: Typing | None = None) -> None:
@@ -169,7 +170,7 @@ class ConversationService:
         answer_message = repo.add_message(turn.conversation_id, turn.user.id, "assistant", result.text, now)
         answer_id = repo.add_answer(turn.conversation_id, turn.message_id, answer_message, result,
                                     channel=turn.user.channel, audience="customer", now=now)
-        record_usage(conn, now=now, channel=turn.user.channel, audience="customer", result=result, crm_s=crm_s,
+        self._usage.record(conn, now=now, channel=turn.user.channel, audience="customer", result=result, crm_s=crm_s,
                      answer_id=answer_id)
         lang = turn.user.language
         parts = render_answer(result, lang=lang)
@@ -208,7 +209,7 @@ class ConversationService:
             if answer is not None:
                 answer_id = repo.add_answer(turn.conversation_id, turn.message_id, None, answer,
                                             channel=turn.user.channel, audience="customer", now=now)
-            record_usage(conn, now=now, channel=turn.user.channel, audience="customer", result=answer,
+            self._usage.record(conn, now=now, channel=turn.user.channel, audience="customer", result=answer,
                          outcome=usage_outcome, reason=reason, language=lang, crm_s=crm_s, answer_id=answer_id)
             ticket, _created = self.tickets.open(
                 conn, user=turn.user, conversation_id=turn.conversation_id, reason=reason, language=lang,

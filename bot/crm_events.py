@@ -32,7 +32,7 @@ from sqlalchemy import update
 from bot.customers import context_for_prompt
 from bot.storage.database import Database
 from bot.storage.tables import inbound_events
-from bot.usage import record_usage
+from bot.usage import UsageLog
 from crm_adapters.amocrm import parse_amo_webhook
 from crm_adapters.base import CrmError, CrmReader, CrmWriter, CustomerRef, Lookup, normalize_phone
 from rag.answer import AnswerResult
@@ -159,8 +159,9 @@ def suggestion_note(result: AnswerResult, language: str) -> str:
 
 class CrmEventProcessor:
     def __init__(self, db: Database, pipeline: AnswerPipeline, crm: CrmReader | None, writer: CrmWriter | None, *,
-                 write_notes: bool = True) -> None:
+                 write_notes: bool = True, usage: UsageLog | None = None) -> None:
         self._db, self._pipeline, self._crm, self._writer, self._write_notes = db, pipeline, crm, writer, write_notes
+        self._usage = usage or UsageLog()
 
     async def handle(self, event_id: int, payload: Mapping[str, Any]) -> None:
         event = CrmEvent(**payload)
@@ -188,7 +189,7 @@ class CrmEventProcessor:
             event.text, audience="customer",
             customer_context=context_for_prompt(context, language) if context else None,
         ))
-        await self._db.tx(lambda c: record_usage(c, now=datetime.now(UTC), channel=f"crm:{event.source}",
+        await self._db.tx(lambda c: self._usage.record(c, now=datetime.now(UTC), channel=f"crm:{event.source}",
                                                  audience="customer", result=result))
         out: dict[str, Any] = {
             "suggestion": None if result.escalate else result.text,

@@ -20,7 +20,7 @@ from bot.storage.database import Database
 from bot.storage.outbox import OutboxRepository
 from bot.telegram.render import escape_html, html_to_plain, render_answer
 from bot.tickets import ClaimOutcome, Operator, ReplyOutcome, TicketService
-from bot.usage import record_usage
+from bot.usage import UsageLog
 from rag.errors import AppError
 from rag.pipeline import AnswerPipeline, AnswerRequest
 
@@ -31,11 +31,12 @@ class OperatorService:
     def __init__(
         self, db: Database, tickets: TicketService, pipeline: AnswerPipeline, out: OutgoingQueue, *,
         clock: Callable[[], Any], on_queued: Callable[[], None] = lambda: None,
-        customers: CustomerDirectory | None = None, show_financial: bool = True,
+        customers: CustomerDirectory | None = None, show_financial: bool = True, usage: UsageLog | None = None,
     ) -> None:
         self._db, self._tickets, self._pipeline, self._out = db, tickets, pipeline, out
         self._clock, self._on_queued = clock, on_queued
         self._customers, self._show_financial = customers, show_financial
+        self._usage = usage or UsageLog()
 
     @property
     def desk(self) -> Any:
@@ -133,7 +134,7 @@ class OperatorService:
         parts = render_answer(result, lang=result.language)
 
         def run(conn: Connection) -> None:
-            record_usage(conn, now=self._clock(), channel="telegram", audience="operator", result=result)
+            self._usage.record(conn, now=self._clock(), channel="telegram", audience="operator", result=result)
             for n, part in enumerate(parts):
                 self._out.queue(conn, Outgoing(
                     chat_id=chat_id, html=part.html, plain=part.plain, kind="operator_answer",

@@ -24,7 +24,7 @@ from bot.storage.database import Database
 from bot.storage.tables import conversations, customer_links, tickets, users
 from bot.storage.tickets import ACTIVE, TicketRepository
 from bot.tickets import Operator, ReplyOutcome
-from bot.usage import record_usage
+from bot.usage import UsageLog
 from bot.web.auth import AuthError, WidgetSession
 from crm_adapters.base import CrmError, CrmUnavailable, CrmWriter, CustomerRef
 from rag.answer import AnswerResult
@@ -45,10 +45,11 @@ def answer_json(result: AnswerResult) -> dict[str, Any]:
 class WidgetService:
     def __init__(
         self, db: Database, pipeline: AnswerPipeline, operators: OperatorService, customers: CustomerDirectory,
-        writer: CrmWriter | None, *, policy: WidgetPolicy, language: str,
+        writer: CrmWriter | None, *, policy: WidgetPolicy, language: str, usage: UsageLog | None = None,
     ) -> None:
         self._db, self._pipeline, self._operators, self._customers = db, pipeline, operators, customers
         self._writer, self._policy, self.language = writer, policy, language
+        self._usage = usage or UsageLog()
 
     @staticmethod
     def operator(session: WidgetSession) -> Operator:
@@ -115,7 +116,7 @@ class WidgetService:
 
     async def ask(self, question: str) -> dict[str, Any]:
         result = await self._pipeline.answer(AnswerRequest(question, audience="operator"))
-        await self._db.tx(lambda c: record_usage(c, now=datetime.now(UTC), channel="widget", audience="operator",
+        await self._db.tx(lambda c: self._usage.record(c, now=datetime.now(UTC), channel="widget", audience="operator",
                                                  result=result))
         return answer_json(result)
 

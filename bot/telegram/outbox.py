@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection
 from bot.outgoing import Outgoing
 from bot.storage.database import Database
 from bot.storage.outbox import NewOutboxMessage, OutboxRepository, OutboxRow
-from bot.usage import record_delivery
+from bot.usage import UsageLog
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,9 @@ class OutboxSender:
     def __init__(
         self, bot: Bot, db: Database, *, clock: Callable[[], datetime], per_chat_interval_s: float = 1.0,
         global_rate_per_s: float = 25.0, max_attempts: int = 8, lease_s: float = 60.0, batch: int = 20,
+        usage: UsageLog | None = None,
     ) -> None:
+        self._usage = usage or UsageLog()
         self._bot, self._db, self._clock = bot, db, clock
         self._per_chat, self._max_attempts, self._lease_s, self._batch = (
             per_chat_interval_s, max_attempts, lease_s, batch
@@ -216,7 +218,7 @@ class OutboxSender:
             def sent(c: Connection) -> None:
                 OutboxRepository(c).mark_sent(row.id, message_id, now)
                 if answer_id is not None:
-                    record_delivery(c, answer_id, now)
+                    self._usage.delivered(c, answer_id, now)
 
             await self._db.tx(sent)
         else:

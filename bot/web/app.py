@@ -16,10 +16,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from bot.health import Readiness
+from bot.metrics import Metrics
 from rag.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -73,7 +76,8 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
 
 
 def create_app(*, webhook: WebhookIngress | None, on_shutdown: Callable[[], Awaitable[None]] | None = None,
-               routers: Sequence[APIRouter] = ()) -> FastAPI:
+               routers: Sequence[APIRouter] = (), readiness: Readiness | None = None,
+               metrics: Metrics | None = None) -> FastAPI:
     """The app. The service is started before it (so start-up errors reach the CLI) and
     stopped in its shutdown, which uvicorn runs on SIGTERM/SIGINT before it exits."""
 
@@ -95,6 +99,22 @@ def create_app(*, webhook: WebhookIngress | None, on_shutdown: Callable[[], Awai
     async def healthz() -> dict[str, str]:
         """The process is up."""
         return {"status": "ok"}
+
+    if readiness is not None:
+        @app.get("/readyz", tags=["health"], responses={503: {"description": "a check failed; the body says which"}})
+        async def readyz() -> JSONResponse:
+            """Ready to answer: database at the head revision, Qdrant, the model server, the CRM."""
+            results = await readiness.run()
+            ready = all(r.ok for r in results.values())
+            body = {"status": "ready" if ready else "not ready",
+                    "checks": {name: {"ok": r.ok, "detail": r.detail} for name, r in results.items()}}
+            return JSONResponse(body, status_code=200 if ready else 503)
+
+    if metrics is not None:
+        @app.get("/metrics", tags=["health"], include_in_schema=False)
+        async def prometheus() -> Response:
+            payload = await run_in_threadpool(metrics.exposition)  # backlog gauges query the database
+            return Response(payload, media_type=CONTENT_TYPE_LATEST)
 
     if webhook is not None:
         @app.post(WEBHOOK_PATH, tags=["telegram"], include_in_schema=False)

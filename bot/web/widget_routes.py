@@ -6,12 +6,12 @@ authentication the answer is a 401 page that shows nothing. The API takes that t
 ``Authorization: Bearer`` only — no cookies, so no CSRF.
 """
 
-
 import html
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse
@@ -91,8 +91,13 @@ def widget_router(service: WidgetService, signer: SessionSigner, authenticators:
 
     @router.post("/bitrix24", include_in_schema=False)
     async def bitrix24(request: Request) -> HTMLResponse:
-        form = await request.form()
-        return await enter("bitrix24", {k: str(v) for k, v in form.items()})
+        # Bitrix24 posts application/x-www-form-urlencoded; parsed here as crm_routes does, since
+        # Starlette's request.form() needs python-multipart, which is not a dependency.
+        try:
+            form = parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True, max_num_fields=200)
+        except ValueError:
+            return _denied(frame_ancestors)
+        return await enter("bitrix24", dict(form))
 
     @router.get("/kommo", include_in_schema=False)
     async def kommo(request: Request) -> HTMLResponse:

@@ -153,7 +153,8 @@ async def running_service(settings: Settings, embedder: Embedder, telegram: Fake
     ingress = container.webhook_ingress()
     runtime = ServiceRuntime(container, "webhook" if ingress else "polling")
     await runtime.start()
-    app = create_app(webhook=ingress, on_shutdown=runtime.stop, routers=container.web_routers())
+    app = create_app(webhook=ingress, on_shutdown=runtime.stop, routers=container.web_routers(),
+                     readiness=container.readiness, metrics=container.metrics)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False,
                                            lifespan="on"))
     serving = asyncio.create_task(server.serve())

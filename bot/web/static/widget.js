@@ -106,7 +106,7 @@
       inserted: "Добавлено в карточку клиента как комментарий.",
       insertFailed: "Не удалось вставить в CRM ({error}). Скопируйте текст и вставьте вручную.",
       askLabel: "Вопрос к базе знаний",
-      askPlaceholder: "Например: лимит на снятие наличных",
+      askPlaceholder: "Например: лимит по карте",
       ask: "Спросить",
       asking: "Ищу ответ в базе знаний…",
       askEmpty: "Напишите вопрос.",
@@ -194,7 +194,7 @@
       inserted: "Added to the customer's card as a comment.",
       insertFailed: "Could not insert into the CRM ({error}). Copy the text and paste it by hand.",
       askLabel: "Question for the knowledge base",
-      askPlaceholder: "E.g. cash withdrawal limit",
+      askPlaceholder: "E.g. card limits",
       ask: "Ask",
       asking: "Searching the knowledge base…",
       askEmpty: "Type a question.",
@@ -337,6 +337,16 @@
     return new Intl.DateTimeFormat(LOCALE, options).format(date);
   }
 
+  /** CRM values are free text; a bare ISO date ("2019-03-14") reads better as a local one. */
+  function formatValue(value) {
+    const text = value === null || value === undefined ? "—" : String(value);
+    const match = /^(\d{4})-(\d{2})-(\d{2})$/.exec(text);
+    if (!match) return text;
+    const date = new Date(Number(match[1]), Number(match[2]) - 1, Number(match[3])); // local, no UTC shift
+    if (Number.isNaN(date.getTime())) return text;
+    return new Intl.DateTimeFormat(LOCALE, { day: "numeric", month: "long", year: "numeric" }).format(date);
+  }
+
   function formatDeadline(value) {
     const date = parseDate(value);
     if (!date) return "";
@@ -477,7 +487,7 @@
     return h(
       "dl",
       { class: "kv" },
-      items.map((item) => h("div", { class: "kv-row" }, h("dt", {}, item.label), h("dd", {}, item.value))),
+      items.map((item) => h("div", { class: "kv-row" }, h("dt", {}, item.label), h("dd", {}, formatValue(item.value)))),
     );
   }
 
