@@ -491,7 +491,7 @@ class Container:
         return ConversationService(
             self.db, self.pipeline, self.tickets, self.outgoing, self.settings.chat, clock=self.clock,
             history_turns=self.settings.rag.history_turns, summary_model=self.model_choice.model,
-            on_queued=self._outbox_notify, customers=self.customers, usage=self.usage,
+            on_queued=self.notify_outbox, customers=self.customers, usage=self.usage,
         )
 
     @cached_property
@@ -499,10 +499,10 @@ class Container:
         from bot.operators import OperatorService
 
         return OperatorService(self.db, self.tickets, self.pipeline, self.outgoing, clock=self.clock,
-                               on_queued=self._outbox_notify, customers=self.customers,
+                               on_queued=self.notify_outbox, customers=self.customers,
                                show_financial=self.settings.widget.show_financial, usage=self.usage)
 
-    def _outbox_notify(self) -> None:
+    def notify_outbox(self) -> None:
         if "outbox_sender" in self.__dict__:
             self.outbox_sender.notify()
 

@@ -73,6 +73,7 @@ _RU: dict[str, str] = {
     "empty_message": "Кажется, сообщение пустое. Напишите, пожалуйста, ваш вопрос.",
     "message_too_long_cut": "Ваше сообщение очень длинное, поэтому я ответил на его первые {chars} символов.",
     "sources_heading": "Источники",
+    "sla_breached": "⏰ <b>Обращение #{ticket_id}</b> ждёт ответа {waiting} ({status}) — срок ответа истёк.",
     "customer_card_title": "👤 <b>Клиент по CRM: {name}</b> (номер подтверждён)",
     "verify_offer": (
         "Чтобы я мог ответить по вашим счетам и продуктам, подтвердите, что это вы: нажмите кнопку "
@@ -184,6 +185,7 @@ _EN: dict[str, str] = {
     "empty_message": "Your message seems to be empty. Please type your question.",
     "message_too_long_cut": "Your message was very long, so I answered its first {chars} characters.",
     "sources_heading": "Sources",
+    "sla_breached": "⏰ <b>Ticket #{ticket_id}</b> has waited {waiting} for an answer ({status}): past its SLA.",
     "customer_card_title": "👤 <b>CRM customer: {name}</b> (number verified)",
     "verify_offer": (
         "To answer about your accounts and products I need to know it's you: press «Share my number» below. "

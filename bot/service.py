@@ -14,6 +14,7 @@ from typing import Literal
 from aiogram.exceptions import TelegramAPIError, TelegramRetryAfter
 
 from bot.composition import Container
+from bot.scheduler import LeasedScheduler
 from rag.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,17 @@ class ServiceRuntime:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.bot_username: str | None = None
+        self.scheduler: LeasedScheduler | None = None
 
     async def start(self) -> None:
         c, tg = self.c, self.c.settings.telegram
         c.retriever.active_collection()  # refuse now, not at the first question, if nothing is indexed
         self._spawn(c.update_worker.run(self._stop), "event-worker")
+        if c.settings.schedule.enabled:
+            from bot.jobs import build_scheduler
+
+            self.scheduler = build_scheduler(c)
+            self.scheduler.start()
         if not c.telegram_enabled:
             return  # the web app, the widget and CRM events only
         try:
@@ -50,7 +57,6 @@ class ServiceRuntime:
             await c.bot.delete_webhook(drop_pending_updates=False)
             self._spawn(self._poll(allowed), "telegram-polling")
         self._spawn(c.outbox_sender.run(self._stop), "outbox-sender")
-        self._spawn(self._reannounce_loop(), "reannounce")
 
     def _spawn(self, coro: object, name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))  # type: ignore[arg-type]
@@ -60,8 +66,10 @@ class ServiceRuntime:
         if self._stop.is_set():
             return
         self._stop.set()
+        if self.scheduler is not None:
+            await self.scheduler.shutdown()
         for task in self._tasks:
-            if task.get_name() in ("telegram-polling", "reannounce"):
+            if task.get_name() == "telegram-polling":
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
@@ -96,12 +104,3 @@ class ServiceRuntime:
                 offset = update.update_id + 1
             if updates:
                 self.c.update_worker.notify()
-
-    async def _reannounce_loop(self) -> None:
-        after = self.c.settings.telegram.reannounce_after_s
-        while not self._stop.is_set():
-            await asyncio.sleep(min(60.0, after / 4))
-            try:
-                await self.c.operators.reannounce_due(after)
-            except Exception:  # e.g. the database briefly gone: try again next round
-                log.exception("re-announcing tickets failed")

@@ -205,6 +205,22 @@ class WidgetSettings(BaseSettings):
     show_financial: bool = True
 
 
+class ScheduleSettings(BaseSettings):
+    model_config = _config("PERIMETER_SCHEDULE_")
+
+    enabled: bool = True
+    timezone: str = "Europe/Moscow"
+    # Re-index PERIMETER_KB_SOURCES: a cron expression wins over the interval; 0 minutes = off.
+    reindex_minutes: float = Field(default=60.0, ge=0)
+    reindex_cron: str | None = None
+    # Re-announce unclaimed tickets and flag those past their SLA, this often.
+    tickets_every_s: float = Field(default=60.0, ge=5)
+    ticket_sla_minutes: float = Field(default=30.0, gt=0)
+    # The short report to the operator chat: a cron expression (empty = off) and the period it covers.
+    report_cron: str = "0 9 * * mon"
+    report_days: float = Field(default=7.0, gt=0)
+
+
 class CostSettings(BaseSettings):
     model_config = _config("PERIMETER_COST_")
 
@@ -256,6 +272,7 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     widget: WidgetSettings = Field(default_factory=WidgetSettings)
     cost: CostSettings = Field(default_factory=CostSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
 
     @field_validator("data_dir")
     @classmethod
@@ -291,6 +308,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "privacy": PrivacySettings,
     "widget": WidgetSettings,
     "cost": CostSettings,
+    "schedule": ScheduleSettings,
 }
 
 

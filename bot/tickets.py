@@ -238,6 +238,22 @@ class TicketService:
                            reason=reason_label(lang, ticket.reason)))
         return "\n".join(lines)
 
+    def flag_overdue(self, conn: Connection, sla_s: float) -> int:
+        """Tickets still waiting for an operator's answer past the SLA: said once in the operator chat."""
+        repo, now, lang = TicketRepository(conn), self._clock(), self.desk.language
+        count = 0
+        for ticket in repo.overdue(now, sla_s):
+            repo.log(ticket.id, "sla_breached", None, {"sla_s": sla_s}, now)
+            for chat_id, thread_id in self.desk.destinations():
+                html = t(lang, "sla_breached", ticket_id=ticket.id, waiting=format_waiting(self._waited(ticket), lang),
+                         status=status_label(lang, ticket.status))
+                self._out.queue(conn, Outgoing(
+                    chat_id=chat_id, html=html, plain=html_to_plain(html), kind="sla", ticket_id=ticket.id,
+                    dedupe_key=f"ticket:{ticket.id}:sla:{chat_id}", thread_id=thread_id,
+                ), now)
+            count += 1
+        return count
+
     def reannounce_due(self, conn: Connection, after_s: float) -> int:
         """Post a reminder for each ticket nobody claimed within ``after_s``; once per period."""
         repo, now, lang = TicketRepository(conn), self._clock(), self.desk.language

@@ -150,6 +150,16 @@ class TicketRepository:
         )
         return [_ticket(r._mapping) for r in rows]
 
+    def overdue(self, now: datetime, sla_s: float) -> list[TicketRecord]:
+        """Open or claimed (nobody answered yet) past the SLA, not flagged before."""
+        cutoff = now - timedelta(seconds=sla_s)
+        flagged = select(ticket_events.c.ticket_id).where(ticket_events.c.kind == "sla_breached")
+        rows = self._c.execute(
+            select(tickets).where(tickets.c.status.in_(("open", "claimed")), tickets.c.created_at <= cutoff,
+                                  tickets.c.id.not_in(flagged)).order_by(tickets.c.id)
+        )
+        return [_ticket(r._mapping) for r in rows]
+
     def mark_announced(self, ticket_id: int, previous: datetime | None, now: datetime) -> bool:
         """Conditional on the previous value, so two schedulers re-announce a ticket once."""
         cond = tickets.c.last_announced_at.is_(None) if previous is None else tickets.c.last_announced_at == previous

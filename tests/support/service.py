@@ -135,7 +135,8 @@ def copy_manifest(from_sqlite: Path, to_url: str) -> None:
     try:
         with source.connect() as src, target.begin() as dst:
             for table in (kb_collections, kb_files):
-                rows = [dict(r) for r in src.execute(table.select()).mappings()]
+                # Without the serial ids: PostgreSQL's sequence must hand out the next ones.
+                rows = [{k: v for k, v in r.items() if k != "id"} for r in src.execute(table.select()).mappings()]
                 if rows:
                     dst.execute(table.insert(), rows)
     finally:

@@ -42,6 +42,7 @@ EXPECTED_PLACEHOLDERS: dict[str, set[str]] = {
     "unsupported_message": set(),
     "empty_message": set(),
     "verify_offer": set(),
+    "sla_breached": {"ticket_id", "waiting", "status"},
     "customer_card_title": {"name"},
     "button_share_contact": set(),
     "verify_done": set(),

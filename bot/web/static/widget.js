@@ -77,7 +77,7 @@
       resolve: "Решено",
       resolveTicket: "Закрыть обращение #{id} как решённое",
       replyLabel: "Ответ клиенту",
-      replyHint: "Клиент получит ответ в Telegram с пометкой, что пишет оператор.",
+      replyHint: "Клиент получит ответ в Telegram с пометкой, что пишет оператор. Ctrl+Enter — отправить.",
       send: "Отправить",
       sending: "Отправляю…",
       replyEmpty: "Напишите текст ответа.",
@@ -165,7 +165,7 @@
       resolve: "Resolve",
       resolveTicket: "Close ticket #{id} as resolved",
       replyLabel: "Reply to the customer",
-      replyHint: "The customer gets it in Telegram, marked as written by an operator.",
+      replyHint: "The customer gets it in Telegram, marked as written by an operator. Ctrl+Enter sends.",
       send: "Send",
       sending: "Sending…",
       replyEmpty: "Type the reply first.",
@@ -234,7 +234,29 @@
     return node;
   }
 
-  const clear = (node) => node.replaceChildren();
+  // What each container last showed (as JSON), so a refresh with the same data leaves it alone.
+  const shown = new WeakMap();
+
+  const clear = (node) => {
+    shown.delete(node);
+    node.replaceChildren();
+  };
+
+  /**
+   * Render `body` from `data` unless it already shows exactly that. A refresh every 20 s must not
+   * fold the <details> the operator unfolded, move their focus or scroll: unchanged data is not
+   * re-rendered, and open <details data-key> stay open when it is.
+   */
+  function update(body, data, render) {
+    const key = JSON.stringify(data);
+    if (shown.get(body) === key) return;
+    const open = new Set(Array.from(body.querySelectorAll("details[open][data-key]"), (d) => d.dataset.key));
+    render();
+    shown.set(body, key);
+    for (const details of body.querySelectorAll("details[data-key]")) {
+      if (open.has(details.dataset.key)) details.open = true;
+    }
+  }
 
   /** Only absolute http(s) URLs become links: no javascript:, data: or relative tricks. */
   function safeUrl(value) {
@@ -310,6 +332,7 @@
         return new Intl.NumberFormat(LOCALE, {
           style: "currency",
           currency,
+          currencyDisplay: "narrowSymbol", // "₽", not "RUB", in every language
           minimumFractionDigits: digits,
           maximumFractionDigits: 2,
         }).format(number);
@@ -535,7 +558,7 @@
               ),
               deal.stage ? h("div", { class: "product-meta" }, h("span", { class: "pill pill-neutral" }, deal.stage)) : null,
               deal.values && deal.values.length
-                ? h("details", { class: "product-details" }, h("summary", {}, T.productDetails), keyValues(deal.values))
+                ? h("details", { class: "product-details", "data-key": `deal:${deal.id}` }, h("summary", {}, T.productDetails), keyValues(deal.values))
                 : null,
             ),
           ),
@@ -579,6 +602,8 @@
     if (!ticket) body.append(h("p", { class: "muted" }, T.noTicket));
     else body.append(ticketCard(ticket));
     body.append(conversation(summary.conversation || []));
+    const chat = body.querySelector(".chat");
+    if (chat) chat.scrollTop = chat.scrollHeight; // the latest messages first in view
   }
 
   function ticketCard(ticket) {
@@ -610,12 +635,19 @@
     textarea.addEventListener("input", () => {
       state.replyDraft = textarea.value;
     });
+    textarea.addEventListener("keydown", (event) => {
+      // Ctrl+Enter (⌘+Enter) sends, as in the CRM's own comment boxes; Enter alone is a new line.
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+        event.preventDefault();
+        textarea.form.requestSubmit();
+      }
+    });
 
     if (ticket.draft) {
       card.append(
         h(
           "details",
-          { class: "draft" },
+          { class: "draft", "data-key": "draft" },
           h("summary", {}, T.draft),
           h("p", { class: "answer-text" }, ticket.draft),
           button(T.useDraft, () => {
@@ -762,17 +794,23 @@
     state.summary = summary;
     state.summaryLoaded = true;
     operatorLine.textContent = summary.operator ? `${T.operatorPrefix}: ${summary.operator}` : "";
-    renderCustomer(summary);
+    update(sections.customer.body, [summary.customer, summary.crm_problem], () => renderCustomer(summary));
     const aboutCustomer = Boolean(summary.customer || summary.crm_problem);
     sections.ticket.root.hidden = !aboutCustomer;
     sections.suggestion.root.hidden = !aboutCustomer;
-    if (aboutCustomer) renderTicket(summary);
+    if (aboutCustomer) {
+      update(sections.ticket.body, [summary.ticket, summary.conversation, state.ticketNotice], () => renderTicket(summary));
+    }
     // The queue marks this customer's ticket; it may have loaded first.
     if (state.queueTickets) renderQueue(state.queueTickets);
     // A new message from the customer makes the old suggestion stale.
     const last = [...(summary.conversation || [])].reverse().find((m) => m.role === "customer");
     const question = last ? last.text : null;
-    if (aboutCustomer && quiet && question !== state.lastQuestion) loadSuggestion();
+    if (!quiet) state.lastQuestion = question; // start() asks for the first suggestion
+    else if (aboutCustomer && question !== state.lastQuestion) {
+      state.lastQuestion = question;
+      loadSuggestion();
+    }
   }
 
   // --- answers (suggestion and ask) -------------------------------------------------------------------
@@ -883,7 +921,6 @@
     if (seq !== state.suggestionSeq) return; // a newer request owns the section
     clear(body);
     const suggestion = result.suggestion;
-    state.lastQuestion = suggestion ? suggestion.question : null;
     if (!suggestion) {
       body.append(h("p", { class: "muted" }, T.noSuggestion));
       return;
@@ -948,12 +985,16 @@
   let queueLoaded = false;
 
   function renderQueue(tickets) {
+    const current = state.summary && state.summary.ticket ? state.summary.ticket.id : null;
+    update(queueList, [tickets, current, [...state.queueNotices]], () => renderQueueList(tickets, current));
+  }
+
+  function renderQueueList(tickets, current) {
     clear(queueList);
     if (!tickets.length) {
       queueList.append(h("p", { class: "muted" }, T.queueEmpty));
       return;
     }
-    const current = state.summary && state.summary.ticket ? state.summary.ticket.id : null;
     queueList.append(
       h(
         "ul",
