@@ -108,7 +108,7 @@ def test_compose_services_and_profiles(compose: dict[str, Any]) -> None:
     assert _profiles(services["ollama-pull"]) == ["setup"]
     assert _profiles(services["prometheus"]) == ["monitoring"]
     assert _profiles(services["grafana"]) == ["monitoring"]
-    assert _profiles(services["redis"]) == ["replicas"]
+    assert "redis" not in services  # replicas agree through PostgreSQL; nothing would use it
     assert _profiles(services["app-2"]) == ["replicas"]
     assert "docker compose --profile monitoring up -d" in COMPOSE.read_text(encoding="utf-8")
 
@@ -134,9 +134,7 @@ def test_compose_monitoring_services(compose: dict[str, Any]) -> None:
 
 def test_compose_replicas(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    app, app2, redis = services["app"], services["app-2"], services["redis"]
-    assert redis["image"] == "redis:7-alpine"
-    assert "ports" not in redis
+    app, app2 = services["app"], services["app-2"]
     assert app2["image"] == app["image"] and app2["command"] == app["command"] == ["serve"]
     assert {k: v for k, v in app2["environment"].items() if k != "PERIMETER_HTTP_PORT"} == app["environment"]
     assert str(app2["environment"]["PERIMETER_HTTP_PORT"]) == "8080"
