@@ -373,11 +373,14 @@ def evaluate(
         figures = result.report.to_json()
         _print_eval(figures)
         if show_misses:
+            from rag.redaction import mask_pii  # evaluation output never holds raw personal data
+
             for o in result.outcomes:
                 if o.golds and (o.rank is None or o.rank > 5):
-                    out.print(f"[yellow]miss[/yellow] {escape(o.question)} → gold {o.golds}, got {o.ranked[:3]}")
+                    out.print(f"[yellow]miss[/yellow] {escape(mask_pii(o.question))} → gold {o.golds}, "
+                              f"got {o.ranked[:3]}")
                 if o.expected_escalate and pipeline is not None and not o.escalated:
-                    out.print(f"[yellow]not escalated[/yellow] {escape(o.question)}")
+                    out.print(f"[yellow]not escalated[/yellow] {escape(mask_pii(o.question))}")
         if report:
             report.parent.mkdir(parents=True, exist_ok=True)
             report.write_text(json.dumps(figures, ensure_ascii=False, indent=2))
@@ -497,6 +500,40 @@ def run_bot() -> None:
                     await runtime.stop()
 
             asyncio.run(main())
+
+    _run(go)
+
+
+@app.command()
+def report(
+    since: Annotated[str, typer.Option(help="How far back from now: 30m, 24h, 7d, 2w")] = "7d",
+    json_file: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here")] = None,
+    html_file: Annotated[Path | None, typer.Option("--html", help="Also write it as one HTML page here")] = None,
+) -> None:
+    """Questions, latency, escalations, feedback and the GPU's cost against a cloud API, for the
+    people who pay for it: tables here, JSON and a self-contained HTML page on request."""
+    from datetime import UTC, datetime
+
+    from bot.reports import compute_report, parse_since, render_html, render_table
+    from rag.errors import InputError
+
+    def go() -> None:
+        span = parse_since(since)  # a bad --since fails before anything is opened
+        until = datetime.now(UTC)
+        with _container() as c:
+            result = c.db.tx_sync(lambda conn: compute_report(conn, since=until - span, until=until,
+                                                              cost=c.settings.cost))
+        out.print(render_table(result))
+        for path, text in ((json_file, lambda: json.dumps(result.to_json(), ensure_ascii=False, indent=2)),
+                           (html_file, lambda: render_html(result))):
+            if path is None:
+                continue
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text(), encoding="utf-8")
+            except OSError as exc:
+                raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+            out.print(f"wrote {escape(str(path.resolve()))}", soft_wrap=True)
 
     _run(go)
 

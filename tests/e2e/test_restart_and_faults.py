@@ -254,3 +254,33 @@ async def test_the_database_gone_for_5_seconds_makes_the_webhook_answer_503_and_
         assert len([m for m in telegram.messages_to(CUSTOMER) if "99 ₽" in m.text]) == 1
     finally:
         proxy.close()
+
+
+def test_the_service_log_holds_no_raw_personal_data_even_at_debug(
+    kb_template: Path, tmp_path: Path, telegram: FakeTelegram, fake_llm_server: FakeLLMServer,
+    serve_process: list[subprocess.Popen[bytes]],
+) -> None:
+    """Case 15: a customer's message full of personal data, handled at DEBUG level by a model
+    server that fails and echoes its input in the error (as servers do for over-long prompts):
+    the service logs that error, and the log shows only masks."""
+    data, port, log = copy_data_dir(kb_template, tmp_path / "data"), _free_port(), tmp_path / "serve.log"
+    env = _serve_env(data, telegram, fake_llm_server, port) | {"PERIMETER_LOG_LEVEL": "DEBUG",
+                                                                "PERIMETER_LLM_TIMEOUT_S": "2"}
+    personal = {"phone": "+7 916 123-45-67", "email": "ivan.petrov@mail.example", "card": "4276 1609 1234 5676",
+                "snils": "112-233-445 95", "passport": "паспорт 4509 123456"}
+    fake_llm_server.behaviour.status = 400
+    fake_llm_server.behaviour.error_message = "prompt too long: " + " ".join(personal.values())
+    proc = _start(env, tmp_path, log)
+    serve_process.append(proc)
+    _wait_healthy(port, proc, log)
+    text = "Сколько стоит обслуживание карты «Классик»? " + ", ".join(personal.values())
+    httpx.post(f"http://127.0.0.1:{port}/telegram/webhook", json=message_update(51, user_id=CUSTOMER, text=text),
+               headers={"X-Telegram-Bot-Api-Secret-Token": SECRET}, timeout=5)
+    telegram.wait_for(lambda m: m.chat_id == CUSTOMER, timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    written = log.read_text()
+    assert "DEBUG" in written and "prompt too long" in written  # the level was on; the error was logged
+    for kind, value in personal.items():
+        digits = "".join(ch for ch in value if ch.isdigit())
+        assert value not in written and (len(digits) < 8 or digits not in written), (kind, written[-3000:])
