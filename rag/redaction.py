@@ -201,7 +201,9 @@ def find_emails(text: str) -> list[Found]:
 
 _CARD_PATTERNS: Final = (
     re.compile(rf"{_NUM_START}\d{{13,19}}{_NUM_END}"),  # plain
-    re.compile(rf"{_NUM_START}\d{{4}}([ \-])\d{{4}}\1\d{{4}}\1\d{{4}}(?:\1\d{{1,3}})?{_NUM_END}"),  # 4-4-4-4(-3)
+    # 4-4-4-4(-3); the short last group must end the number: in «5676 112-233-445 95» the «112» is
+    # the start of a SNILS that follows, not the tail of a 19-digit card.
+    re.compile(rf"{_NUM_START}\d{{4}}([ \-])\d{{4}}\1\d{{4}}\1\d{{4}}(?:\1\d{{1,3}}(?![ \-]?\d))?{_NUM_END}"),
     re.compile(rf"{_NUM_START}\d{{4}}([ \-])\d{{4}}\1\d{{4}}\1\d{{4}}(?!\d)"),  # same, a number may follow
     re.compile(rf"{_NUM_START}\d{{4}}([ \-])\d{{6}}\1\d{{5}}{_NUM_END}"),  # Amex 4-6-5
 )
@@ -293,7 +295,13 @@ def find_accounts(text: str) -> list[Found]:
     a customer writes has twenty digits, and the account's own check digit cannot be verified
     without the bank's BIC.
     """
-    return [Found(m.start(), m.end(), "ACCOUNT", _digits(m.group()), m.group()) for m in _ACCOUNT.finditer(text)]
+    found = []
+    for m in _ACCOUNT.finditer(text):
+        # One kind of separator throughout: «45-67 4276 1609…» is the end of a phone followed by a
+        # card, not an account written with dashes and spaces at once.
+        if len({ch for ch in m.group() if not ch.isdigit()}) <= 1:
+            found.append(Found(m.start(), m.end(), "ACCOUNT", _digits(m.group()), m.group()))
+    return found
 
 
 DETECTORS: Final[tuple[Callable[[str], list[Found]], ...]] = (

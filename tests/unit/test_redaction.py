@@ -781,3 +781,14 @@ def test_log_filter_with_known_names_and_stack_info(captured: tuple[logging.Logg
     assert "answered И*** И. И. (i***@example.ru)" in output
     assert "Иванов" not in output
     assert "Stack (most recent call last)" in output
+
+
+def test_a_card_followed_by_a_snils_is_two_values_not_one_long_card() -> None:
+    # «…5676 112-233-445 95»: the 19-digit run happens to pass Luhn, but «112» starts the SNILS.
+    masked = mask_pii("данные: 4276 1609 1234 5676 112-233-445 95")
+    assert "5676" in masked and "112-233-445" not in masked and "4276 1609" not in masked
+
+
+def test_a_phone_then_a_card_are_not_read_as_one_account() -> None:
+    masked = mask_pii("+7 916 123-45-67 4276 1609 1234 5676")
+    assert masked.startswith("+7 *** ***-45-67") and masked.endswith("**** **** **** 5676")
