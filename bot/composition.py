@@ -595,7 +595,8 @@ class Container:
 
         return WidgetService(self.db, self.pipeline, self.operators, self.customers, self.crm.writer,
                              policy=WidgetPolicy(show_financial=self.settings.widget.show_financial),
-                             language=self.settings.telegram.operator_language, usage=self.usage)
+                             language=self.settings.telegram.operator_language, usage=self.usage,
+                             clock=self.clock)
 
     def web_routers(self) -> list[APIRouter]:
         """The widget (with the entry points this configuration can authenticate) and the CRM webhooks."""

@@ -551,12 +551,22 @@ def _duration(seconds: float | None, lang: str = "ru") -> str:
     return f"{minutes}{NBSP}{m}"
 
 
+def _whole_days(p: Period) -> bool:
+    return p.since.time() == p.until.time() == datetime.min.time()
+
+
 def _period_text(p: Period, *, short: bool = False) -> str:
-    until = p.until - timedelta(microseconds=1) if short else p.until
-    if short:
-        start = f"{p.since:%d.%m}" if p.since.year == until.year else f"{p.since:%d.%m.%Y}"
-        return f"{start}–{until:%d.%m.%Y}"
-    return f"{p.since:%d.%m.%Y %H:%M} — {p.until:%d.%m.%Y %H:%M} UTC"
+    """"01.03.2025 00:00 — 01.04.2025 00:00 UTC"; short: "01.03–31.03.2025" for whole UTC days (the
+    last day inclusive), "30.03 14:37 – 31.03 14:37 UTC" for a rolling period."""
+    if not short:
+        return f"{p.since:%d.%m.%Y %H:%M} — {p.until:%d.%m.%Y %H:%M} UTC"
+    if not _whole_days(p):
+        return f"{p.since:%d.%m %H:%M} – {p.until:%d.%m.%Y %H:%M} UTC"
+    last = p.until - timedelta(days=1)
+    if last.date() == p.since.date():
+        return f"{last:%d.%m.%Y}"
+    start = f"{p.since:%d.%m}" if p.since.year == last.year else f"{p.since:%d.%m.%Y}"
+    return f"{start}–{last:%d.%m.%Y}"
 
 
 def _reason_ru(reason: str) -> str:
@@ -660,8 +670,9 @@ _SHORT = {
         "feedback": "👍 {up} · 👎 {down} ({share} полезно)",
         "no_feedback": "Оценок нет",
         "reasons": "Передано оператору: {n}",
-        "cost": "Стоимость: GPU за период {fixed}, время модели {used}; {cloud_name}: {cloud}",
-        "saving": "Экономия: <b>{fixed}</b> против GPU за период, {used} против времени модели",
+        "cost": "Свой GPU: {fixed} за период, из них {used} — время модели",
+        "cloud": "Облако, {cloud_name}: {cloud}",
+        "saving": "Экономия: <b>{fixed}</b> к GPU за период, {used} к времени модели",
         "empty": "<i>За период вопросов не было.</i>",
     },
     "en": {
@@ -671,8 +682,9 @@ _SHORT = {
         "feedback": "👍 {up} · 👎 {down} ({share} helpful)",
         "no_feedback": "No votes",
         "reasons": "Handed to an operator: {n}",
-        "cost": "Cost: GPU for the period {fixed}, model time {used}; {cloud_name}: {cloud}",
-        "saving": "Saving: <b>{fixed}</b> against the GPU's fixed cost, {used} against model time",
+        "cost": "Own GPU: {fixed} for the period, {used} of it model time",
+        "cloud": "Cloud, {cloud_name}: {cloud}",
+        "saving": "Saving: <b>{fixed}</b> against the GPU for the period, {used} against model time",
         "empty": "<i>No questions in this period.</i>",
     },
 }
@@ -707,8 +719,8 @@ def short_text(report: Report, lang: str = "ru") -> str:
         for rc in r.escalations.by_reason[:3]:
             lines.append(f"• {_tg(label(rc.reason))} — {rc.count} ({_tg(_pct(rc.share, lang))})")
     c = r.cost
-    lines.append(_tg(s["cost"].format(fixed=_money(c.fixed, cur, lang), used=_money(c.local_time_used, cur, lang),
-                                      cloud_name=c.inputs.cloud_name[:60], cloud=_money(c.cloud, cur, lang))))
+    lines.append(_tg(s["cost"].format(fixed=_money(c.fixed, cur, lang), used=_money(c.local_time_used, cur, lang))))
+    lines.append(_tg(s["cloud"].format(cloud_name=_cut(c.inputs.cloud_name, 60), cloud=_money(c.cloud, cur, lang))))
     lines.append(s["saving"].format(fixed=_tg(_signed_money(c.saving_fixed, cur, lang)),
                                     used=_tg(_signed_money(c.saving_time_used, cur, lang))))
     text = "\n".join(lines)
@@ -726,13 +738,14 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _nice_step(top: float, ticks: int = 4) -> float:
-    """A 1-2-5 step so that ``ticks`` steps cover ``top``."""
+def _nice_step(top: float, ticks: int = 4, *, integer: bool = False) -> float:
+    """A 1-2-2.5-5 step so that ``ticks`` steps cover ``top``; whole numbers for counts."""
     if top <= 0:
         return 1.0
     raw = top / ticks
     mag = 10 ** math.floor(math.log10(raw))
-    return next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    step = next((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw and not (integer and (m * mag) % 1)), 1.0)
+    return max(1.0, step) if integer else step
 
 
 def _tick(x: float, scale: float) -> str:
@@ -769,11 +782,11 @@ def _bar_value(x_pct: float, w_pct: float, y: float, h: float, text: str, fill: 
 
 
 def _hbar_rows(rows: Sequence[tuple[str, str, Sequence[tuple[float, str, str, str]]]], top: float,
-               *, bar_h: float = 16, axis: str | None = None) -> tuple[list[str], float]:
+               *, bar_h: float = 16, axis: str | None = None, integer: bool = False) -> tuple[list[str], float]:
     """Horizontal bars on one shared scale. Each row: a label line (Russian, then English in grey)
     and one or more bars ``(value, value text, colour, tooltip)``. Returns the parts and the height."""
     parts: list[str] = []
-    step = _nice_step(top)
+    step = _nice_step(top, integer=integer)
     scale = step * max(1, math.ceil(top / step)) if top > 0 else 1.0
     y = 0.0
     grid_top = 22.0
@@ -808,10 +821,10 @@ def _daily_chart(report: Report) -> str:
     days = report.per_day
     height, top, bottom, gutter = 250.0, 14.0, 218.0, 10.0
     peak = max((d.total for d in days), default=0)
-    step = _nice_step(max(peak, 1))
+    step = _nice_step(max(peak, 1), integer=True)
     scale = step * max(1, math.ceil(peak / step))
     parts: list[str] = []
-    ticks = round(scale / step)
+    ticks = round(scale / step) if peak else 0  # an empty period: the baseline only
     for i in range(ticks + 1):
         value = i * step
         y = bottom - value / scale * (bottom - top)
@@ -877,7 +890,7 @@ def _escalation_chart(report: Report) -> str:
     rows = [(_reason_ru(rc.reason) if rc.reason in REASONS else _cut(rc.reason, 28), "",
              [(float(rc.count), f"{rc.count} · {_pct(rc.share)}", "#f59e0b", f"{_reason_en(rc.reason)}: {rc.count}")])
             for rc in by]
-    parts, height = _hbar_rows(rows, top, bar_h=18, axis="")
+    parts, height = _hbar_rows(rows, top, bar_h=18, axis="", integer=True)
     return _svg(height, "Передано оператору по причинам", parts)
 
 
@@ -924,6 +937,7 @@ h1 .en, h2 .en { display: block; font-size: 13px; font-weight: 400; color: #6b72
 section { background: #fff; border: 1px solid #e5e7eb; border-radius: 10px; padding: 16px 18px; margin-top: 16px;
   break-inside: avoid; page-break-inside: avoid; }
 h2 { font-size: 18px; margin: 0 0 12px; }
+h3 { font-size: 15px; margin: 20px 0 4px; }
 .kpis { display: grid; grid-template-columns: repeat(3, minmax(0, 1fr)); gap: 12px;
   background: none; border: 0; padding: 0; }
 .kpi { background: #fff; border: 1px solid #e5e7eb; border-radius: 10px; padding: 12px 14px; min-width: 0; }
@@ -982,6 +996,10 @@ def _h2(ru: str, en: str) -> str:
     return f'<h2>{_e(ru)}<span class="en" lang="en">{_e(en)}</span></h2>'
 
 
+def _h3(ru: str, en: str) -> str:
+    return f'<h3>{_e(ru)} <span class="en" lang="en">{_e(en)}</span></h3>'
+
+
 def _kpi(ru: str, en: str, value: str, sub: str, tone: str = "") -> str:
     return (f'<div class="kpi {tone}"><div class="k">{_e(ru)}<span class="en" lang="en">{_e(en)}</span></div>'
             f'<div class="v">{_e(value)}</div><div class="s">{_e(sub)}</div></div>')
@@ -1015,15 +1033,17 @@ def render_html(report: Report) -> str:
              f"{_num(t.closed_without_operator)} из {_num(t.customer_questions)} вопросов клиентов"),
         _kpi("Время ответа, p95", "p95 total latency", _secs(total.p95), f"p50 {_secs(total.p50)}"),
         _kpi("Ответ помог", "thumbs-up share", _pct(r.feedback.up_share),
-             f"{r.feedback.up} помог · {r.feedback.down} не помог"),
-        _kpi("Из кэша", "cache hit rate", _pct(r.cache.hit_rate), f"{r.cache.hits} из {r.cache.answers} ответов"),
+             f"{_num(r.feedback.up)} помог · {_num(r.feedback.down)} не помог"),
+        _kpi("Из кэша", "cache hit rate", _pct(r.cache.hit_rate),
+             f"{_num(r.cache.hits)} из {_num(r.cache.answers)} ответов бота"),
         _kpi("Экономия к облаку", "saving vs cloud (fixed GPU cost)", _signed_money(c.saving_fixed, cur, digits=0),
              f"по времени модели: {_signed_money(c.saving_time_used, cur)}", saving_tone),
     ))
 
     daily = (_daily_chart(r) + _legend((*OUTCOME_LABELS[o], OUTCOME_COLORS[o]) for o in OUTCOMES)
-             + '<p class="note">Вопросов в день по исходу; дни по UTC. '
-               '<span class="en" lang="en">Questions per UTC day, stacked by outcome.</span></p>')
+             + '<p class="note">Вопросов в день по исходу; дни по UTC'
+             + ("" if _whole_days(r.period) else ", первый и последний — неполные")
+             + '. <span class="en" lang="en">Questions per UTC day, stacked by outcome.</span></p>')
     q = t.questions
     outcome_rows = [(*OUTCOME_LABELS[o], f"{_num(n)} · {_pct(_share(n, q))}") for o, n in t.by_outcome.items()
                     if o in OUTCOME_LABELS]
@@ -1043,12 +1063,12 @@ def render_html(report: Report) -> str:
 
     esc = r.escalations
     escalations = (_escalation_chart(r) if esc.total else '<p class="empty">Ни один вопрос не передан оператору.</p>')
-    esc_note = (f'<p class="note">Всего передано: {esc.total} из {_num(t.customer_questions)} вопросов клиентов. '
+    esc_note = (f'<p class="note">Всего передано: {_num(esc.total)} из {_num(t.customer_questions)} вопросов клиентов. '
                 '<span class="en" lang="en">Customer questions escalated or failed, by reason.</span></p>')
 
     fb = r.feedback
     feedback_part = (_feedback_chart(r) + "<table>" + _rows((
-        ("Помог", "thumbs up", _num(fb.up)), ("Не помог", "thumbs down", _num(fb.down)),
+        ("Всего оценок", "votes", _num(fb.up + fb.down)),
         ("Доля «помог»", "thumbs-up share", _pct(fb.up_share, digits=1)))) + "</table>"
         if fb.up or fb.down else '<p class="empty">Оценок за период нет.</p>')
     tk, tc = r.tokens, r.tickets
@@ -1127,7 +1147,8 @@ def render_html(report: Report) -> str:
 </div>
 <section>{_h2("Обращения к операторам", "Operator tickets")}<table>{ticket_rows}</table></section>
 <section>{_h2("Стоимость: свой GPU и облако", "Cost: local GPU vs cloud API")}{_cost_chart(r)}
-<div class="grid2"><table>{cost_rows}{savings}</table><table>{inputs_rows}</table></div>
+<div class="grid2"><div>{_h3("На ответ и экономия", "Per answer and saving")}<table>{cost_rows}{savings}</table></div>
+<div>{_h3("Из чего считали", "Cost model inputs")}<table>{inputs_rows}</table></div></div>
 <dl class="notes">{notes}</dl></section>
 </main>"""
     return (f'<!doctype html>\n<html lang="ru">\n<head>\n<meta charset="utf-8">\n'

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from bot.i18n import format_waiting, reason_label, status_label, t
 from bot.outgoing import Button, Outgoing, OutgoingQueue
 from bot.storage.conversations import ConversationRepository, UserRecord
+from bot.storage.events import use_nonce
 from bot.storage.outbox import OutboxRepository
 from bot.storage.tickets import NewTicket, TicketRecord, TicketRepository
 from bot.telegram.render import escape_html, html_to_plain, split_message
@@ -160,6 +161,8 @@ class TicketService:
         ticket = repo.get(ticket_id)
         if ticket is None or ticket.status == "resolved":
             return ReplyOutcome(False, t(lang, "ticket_closed", ticket_id=ticket_id, name="—"), ticket)
+        if not use_nonce(conn, "ticket-reply", dedupe, (now + timedelta(days=7)).timestamp()):
+            return ReplyOutcome(True, None, ticket)  # a retry of a reply already made: nothing twice
         if ticket.status == "open":
             self.claim(conn, ticket_id, operator)
         if not repo.mark_answered(ticket_id, operator.id, text, now):

@@ -17,12 +17,13 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from bot.customers import CustomerDirectory, WidgetPolicy, customer_json
-from bot.i18n import format_waiting, reason_label, status_label
+from bot.i18n import format_waiting, reason_label, status_label, t
 from bot.operators import OperatorService
 from bot.storage.conversations import ConversationRepository
 from bot.storage.database import Database
 from bot.storage.tables import conversations, customer_links, tickets, users
 from bot.storage.tickets import ACTIVE, TicketRepository
+from bot.telegram.render import html_to_plain
 from bot.tickets import Operator, ReplyOutcome
 from bot.usage import UsageLog
 from bot.web.auth import AuthError, WidgetSession
@@ -46,7 +47,9 @@ class WidgetService:
     def __init__(
         self, db: Database, pipeline: AnswerPipeline, operators: OperatorService, customers: CustomerDirectory,
         writer: CrmWriter | None, *, policy: WidgetPolicy, language: str, usage: UsageLog | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._clock = clock
         self._db, self._pipeline, self._operators, self._customers = db, pipeline, operators, customers
         self._writer, self._policy, self.language = writer, policy, language
         self._usage = usage or UsageLog()
@@ -96,7 +99,7 @@ class WidgetService:
         }
 
     def _ticket_json(self, ticket: Any, customer: str | None) -> dict[str, Any]:
-        waited = (datetime.now(UTC) - ticket.created_at).total_seconds()
+        waited = (self._clock() - ticket.created_at).total_seconds()
         return {
             "id": ticket.id, "status": ticket.status, "status_label": status_label(self.language, ticket.status),
             "reason": ticket.reason, "reason_label": reason_label(self.language, ticket.reason),
@@ -116,7 +119,7 @@ class WidgetService:
 
     async def ask(self, question: str) -> dict[str, Any]:
         result = await self._pipeline.answer(AnswerRequest(question, audience="operator"))
-        await self._db.tx(lambda c: self._usage.record(c, now=datetime.now(UTC), channel="widget", audience="operator",
+        await self._db.tx(lambda c: self._usage.record(c, now=self._clock(), channel="widget", audience="operator",
                                                  result=result))
         return answer_json(result)
 
@@ -139,7 +142,9 @@ class WidgetService:
 
     async def claim(self, session: WidgetSession, ticket_id: int) -> dict[str, Any]:
         outcome = await self._operators.claim(ticket_id, self.operator(session))
-        return {"ok": outcome.won, "holder": outcome.holder}
+        refusal = None if outcome.won else t(self.language, "claim_lost", ticket_id=ticket_id,
+                                                 name=outcome.holder or "?")
+        return {"ok": outcome.won, "holder": outcome.holder, "error": html_to_plain(refusal) if refusal else None}
 
     async def reply(self, session: WidgetSession, ticket_id: int, text: str, request_id: str | None) -> dict[str, Any]:
         key = request_id or uuid.uuid4().hex
@@ -161,4 +166,5 @@ class WidgetService:
 
 
 def _outcome(outcome: ReplyOutcome) -> dict[str, Any]:
-    return {"ok": outcome.sent, "error": outcome.refusal}
+    # Refusals are Telegram HTML (escaped names); the widget shows text.
+    return {"ok": outcome.sent, "error": html_to_plain(outcome.refusal) if outcome.refusal else None}

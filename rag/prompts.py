@@ -92,7 +92,7 @@ def build_messages(
     return messages
 
 
-_CITATION = re.compile(r"\[(\d{1,2})\]")
+_CITATION = re.compile(r"(\s*)\[(\d{1,2})\]")  # with the space before it, dropped together
 _MD_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
 _MD_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)[^)]*\)")
 _BARE_URL = re.compile(r"https?://[^\s)\]>\"']+")
@@ -113,7 +113,7 @@ def postprocess(text: str, n_sources: int, allowed_urls: set[str]) -> tuple[str,
     cited: list[int] = []
 
     def keep(m: re.Match[str]) -> str:
-        n = int(m.group(1))
+        n = int(m.group(2))
         if 1 <= n <= n_sources:
             if n not in cited:
                 cited.append(n)

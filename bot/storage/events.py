@@ -15,14 +15,14 @@ Repositories never commit: the caller's transaction does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, CursorResult
 
-from bot.storage.tables import inbound_events
+from bot.storage.tables import inbound_events, used_nonces
 
 UNFINISHED = ("pending", "processing")
 
@@ -131,3 +131,14 @@ class InboundEventRepository:
             select(t.c.lease_until).where(t.c.status.in_(UNFINISHED), t.c.lease_until.is_not(None))
             .order_by(t.c.lease_until).limit(1)
         ).scalar()
+
+
+def use_nonce(conn: Connection, scope: str, nonce: str, expires_at: float) -> bool:
+    """Record a single-use value (a JWT's jti); False when it was used before. Old ones are purged."""
+    now = datetime.now(UTC)
+    conn.execute(delete(used_nonces).where(used_nonces.c.expires_at < now))
+    return insert_ignoring_duplicates(
+        conn, used_nonces,
+        dict(scope=scope, nonce=nonce[:200], expires_at=datetime.fromtimestamp(expires_at, UTC)),
+        ["scope", "nonce"],
+    )

@@ -16,14 +16,8 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete
-from sqlalchemy.engine import Connection
-
-from bot.storage.events import insert_ignoring_duplicates
-from bot.storage.tables import used_nonces
 from rag.errors import AppError
 
 
@@ -156,14 +150,3 @@ def verify_signed_webhook(body: bytes, timestamp: str | None, signature: str | N
 
 def sign_webhook(body: bytes, secret: str, timestamp: int) -> str:
     return "sha256=" + hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-
-
-def use_nonce(conn: Connection, scope: str, nonce: str, expires_at: float) -> bool:
-    """Record a single-use value (a JWT's jti); False when it was used before. Old ones are purged."""
-    now = datetime.now(UTC)
-    conn.execute(delete(used_nonces).where(used_nonces.c.expires_at < now))
-    return insert_ignoring_duplicates(
-        conn, used_nonces,
-        dict(scope=scope, nonce=nonce[:200], expires_at=datetime.fromtimestamp(expires_at, UTC)),
-        ["scope", "nonce"],
-    )

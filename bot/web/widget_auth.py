@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from bot.storage.database import Database
-from bot.web.auth import AuthError, SessionSigner, WidgetSession, use_nonce, verify_hs256_jwt
+from bot.storage.events import use_nonce
+from bot.web.auth import AuthError, SessionSigner, WidgetSession, verify_hs256_jwt
 from bot.widget import Authenticator
 
 

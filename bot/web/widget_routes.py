@@ -48,6 +48,7 @@ def _page(token: str, session: WidgetSession, language: str, frame_ancestors: st
 <meta name="perimeter-language" content="{language}">
 <title>Perimeter</title>
 <link rel="stylesheet" href="/widget/static/widget.css">
+<link rel="icon" href="data:,">
 </head>
 <body data-customer="{html.escape(session.customer_id or '')}">
 <main id="app" aria-live="polite"><p class="muted">…</p></main>
@@ -70,7 +71,10 @@ def _security_headers(frame_ancestors: str) -> dict[str, str]:
 
 def _denied(frame_ancestors: str) -> HTMLResponse:
     return HTMLResponse("<!doctype html><meta charset=utf-8><title>Perimeter</title>"
-                        "<p>Нет доступа. Откройте виджет из карточки клиента в CRM. / Access denied.</p>",
+                        '<link rel="stylesheet" href="/widget/static/widget.css"><link rel="icon" href="data:,">'
+                        '<main id="app"><section class="notice"><h1>Нет доступа</h1><p>Откройте виджет из карточки '
+                        "клиента в CRM. / Access denied: open the widget from a customer's card in your CRM.</p>"
+                        "</section></main>",
                         status_code=401, headers=_security_headers(frame_ancestors))
 
 
