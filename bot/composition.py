@@ -627,7 +627,7 @@ class Container:
             generic_secret=_secret(crm.webhook_secret),
         )
         return [widget_router(self.widget, self.session_signer, entries,
-                              frame_ancestors=" ".join(["'self'", *s.widget.frame_ancestors])),
+                              frame_ancestors=" ".join(["'self'", *s.widget.frame_ancestors]), cost=s.cost),
                 crm_router(hooks)]
 
     def webhook_ingress(self) -> WebhookIngress | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -153,6 +153,18 @@ class WidgetService:
 
     async def resolve(self, session: WidgetSession, ticket_id: int) -> dict[str, Any]:
         return _outcome(await self._operators.resolve(ticket_id, self.operator(session)))
+
+    async def report(self, days: float, cost: Any) -> dict[str, Any]:
+        """The admin view: the same figures as `perimeter report`, for the last ``days``."""
+        from bot.reports import compute_report
+
+        until = self._clock()
+        report = await self._db.tx(lambda c: compute_report(c, since=until - timedelta(days=days), until=until,
+                                                            cost=cost))
+        data: dict[str, Any] = report.to_json()
+        for item in data["escalations"]["by_reason"]:
+            item["label"] = reason_label(self.language, item["reason"])
+        return data
 
     async def write_note(self, session: WidgetSession, text: str) -> dict[str, Any]:
         """«Вставить»: the suggested reply goes into the CRM card as a note."""

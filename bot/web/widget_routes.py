@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, Field
 
@@ -79,7 +79,7 @@ def _denied(frame_ancestors: str) -> HTMLResponse:
 
 
 def widget_router(service: WidgetService, signer: SessionSigner, authenticators: Mapping[str, Authenticator], *,
-                  frame_ancestors: str = "'self'") -> APIRouter:
+                  frame_ancestors: str = "'self'", cost: Any = None) -> APIRouter:
     router = APIRouter(prefix="/widget", tags=["widget"])
 
     async def enter(vendor: str, params: Mapping[str, str]) -> HTMLResponse:
@@ -163,6 +163,11 @@ def widget_router(service: WidgetService, signer: SessionSigner, authenticators:
     @router.post("/api/tickets/{ticket_id}/resolve")
     async def resolve(ticket_id: int, session: Session) -> dict[str, Any]:
         return await service.resolve(session, ticket_id)
+
+    @router.get("/api/report")
+    async def report(session: Session, days: Annotated[float, Query(gt=0, le=366)] = 7) -> dict[str, Any]:
+        """The service's figures for the last ``days``: what `perimeter report` prints."""
+        return await service.report(days, cost)
 
     @router.post("/api/note")
     async def note(body: NoteText, session: Session) -> dict[str, Any]:

@@ -228,6 +228,15 @@ async def test_the_demo_link_shows_the_customer_masked_and_answers_the_operators
 
         await sidebar.assert_fits()
         await sidebar.screenshot("demo")
+
+        # The admin view: the service's figures, the operator's question counted among them.
+        await page.get_by_text("Показать показатели сервиса").click()
+        stats = page.locator(".panel-stats")
+        await expect(stats.locator(".stat")).to_have_count(6, timeout=WAIT_MS)
+        await expect(stats.locator(".stat", has_text="Вопросов").locator(".stat-value")).to_have_text("1")
+        assert "null" not in await stats.inner_text()
+        await sidebar.assert_fits()
+        await sidebar.screenshot("stats")
         sidebar.assert_quiet()
 
         # Wider than a sidebar it still reads well (and nothing overflows either).

@@ -35,6 +35,16 @@
       suggestionHeading: "Подсказка ответа",
       askHeading: "Спросить базу знаний",
       queueHeading: "Очередь обращений",
+      statsHeading: "Статистика за 7 дней",
+      statsShow: "Показать показатели сервиса",
+      statsQuestions: "Вопросов",
+      statsClosed: "Без оператора",
+      statsP95: "Время ответа, p95",
+      statsThumbs: "Ответ помог",
+      statsCache: "Из кэша",
+      statsSaving: "Экономия к облаку",
+      statsEscalations: "Чаще всего к оператору",
+      statsHint: "Полный отчёт с графиками: perimeter report --since 7d --html report.html",
       loading: "Загрузка…",
       loadingCustomer: "Загружаю данные клиента…",
       loadingSuggestion: "Готовлю подсказку по последнему вопросу клиента…",
@@ -124,6 +134,16 @@
       suggestionHeading: "Suggested reply",
       askHeading: "Ask the knowledge base",
       queueHeading: "Ticket queue",
+      statsHeading: "Last 7 days",
+      statsShow: "Show the service's figures",
+      statsQuestions: "Questions",
+      statsClosed: "Without an operator",
+      statsP95: "Answer time, p95",
+      statsThumbs: "Helpful",
+      statsCache: "From cache",
+      statsSaving: "Saving vs cloud",
+      statsEscalations: "Most often escalated",
+      statsHint: "The full report with charts: perimeter report --since 7d --html report.html",
       loading: "Loading…",
       loadingCustomer: "Loading the customer…",
       loadingSuggestion: "Preparing a suggestion for the customer's last question…",
@@ -485,6 +505,7 @@
     suggestion: panel("suggestion", T.suggestionHeading, refreshSuggestionBtn),
     ask: panel("ask", T.askHeading),
     queue: panel("queue", T.queueHeading, refreshQueueBtn),
+    stats: panel("stats", T.statsHeading),
   };
 
   // --- session expiry -------------------------------------------------------------------------------
@@ -1082,6 +1103,53 @@
     }
   }
 
+  // --- statistics (the admin view of `perimeter report`) ---------------------------------------------------
+
+  function pct(share) {
+    return share === null || share === undefined ? "—" : `${Math.round(share * 100)}%`;
+  }
+
+  function buildStats() {
+    const body = h("div", { class: "stats-body" });
+    const details = h("details", { class: "stats" }, h("summary", {}, T.statsShow), body);
+    // Loaded when opened: the figures cost a few queries and most visits do not need them.
+    details.addEventListener("toggle", () => {
+      if (details.open) loadStats(body);
+    });
+    sections.stats.body.append(details);
+  }
+
+  async function loadStats(body) {
+    clear(body);
+    body.append(loadingLine(T.loading || "…"));
+    try {
+      const r = await api("/widget/api/report?days=7");
+      const total = r.latency.find((s) => s.stage === "total");
+      const seconds = LANG === "ru" ? "с" : "s";
+      const p95 = total && total.p95 !== null ? `${total.p95.toLocaleString(LOCALE, { maximumFractionDigits: 1 })} ${seconds}` : "—";
+      const saving = r.cost.saving_time_used === null ? "—" : formatAmount(r.cost.saving_time_used.toFixed(2), null);
+      const tile = (label, value) => h("div", { class: "stat" }, h("span", { class: "stat-value" }, value), h("span", { class: "stat-label" }, label));
+      const top = r.escalations.by_reason.slice(0, 3);
+      clear(body);
+      const parts = [
+        h("div", { class: "stat-tiles" },
+          tile(T.statsQuestions, String(r.totals.questions)),
+          tile(T.statsClosed, pct(r.totals.closed_without_operator_share)),
+          tile(T.statsP95, p95),
+          tile(T.statsThumbs, pct(r.feedback.up_share)),
+          tile(T.statsCache, pct(r.cache.hit_rate)),
+          tile(T.statsSaving, `${saving} ${r.cost.inputs.currency || ""}`.trim())),
+      ];
+      if (top.length) parts.push(h("p", { class: "hint" }, `${T.statsEscalations}: ${top.map((e) => `${e.label} (${e.count})`).join(", ")}`));
+      parts.push(h("p", { class: "hint" }, T.statsHint));
+      body.append(...parts);
+    } catch (error) {
+      if (error.status === 401) return;
+      clear(body);
+      body.append(notice("error", error.message, null, button(T.retry, () => loadStats(body))));
+    }
+  }
+
   // --- start ---------------------------------------------------------------------------------------------
 
   function tick() {
@@ -1105,6 +1173,7 @@
     app.replaceChildren(topbar, ...Object.values(sections).map((s) => s.root));
     sections.queue.body.append(queueList, queueFooter);
     buildAsk();
+    buildStats();
     loadSummary().then(() => {
       if (!state.expired && !sections.suggestion.root.hidden) loadSuggestion();
     });
