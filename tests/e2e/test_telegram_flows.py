@@ -300,12 +300,15 @@ async def test_a_duplicate_update_is_acknowledged_and_answered_once(service: Run
     ],
 )
 async def test_a_webhook_without_the_right_secret_is_refused_and_not_stored(
-    service: RunningService, headers: dict[str, str], status: int
+    service: RunningService, headers: dict[str, str], status: int, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    response = await service.post_update(message_update(1, user_id=CUSTOMER, text=CLASSIC), secret=None,
-                                         headers=headers)
+    with caplog.at_level("DEBUG"):
+        response = await service.post_update(message_update(1, user_id=CUSTOMER, text=CLASSIC), secret=None,
+                                             headers=headers)
     assert response.status_code == status
     assert await rows(service, inbound_events) == []
+    for value in headers.values():  # a guessed secret is never written to the log
+        assert value not in caplog.text
 
 
 async def test_a_non_ascii_secret_header_is_403_not_500(service: RunningService) -> None:
