@@ -23,7 +23,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 from crm_adapters.base import (
     CrmError,
@@ -36,13 +36,11 @@ from crm_adapters.base import (
     Lookup,
     NewTask,
 )
+from rag.circuit import CircuitBreaker, CircuitRefused, CircuitState, Ticket
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-CircuitState = Literal["closed", "open", "half_open"]
-
 
 class CrmCircuitOpen(CrmUnavailable):
     """The CRM failed repeatedly; calls fail fast until the breaker lets a probe through."""
@@ -68,14 +66,6 @@ class ResilienceStats:
     gave_up: int = 0  # calls that ended in CrmUnavailable
     short_circuited: int = 0  # attempts refused at once because the circuit was open
     circuit_opened: int = 0  # times the circuit went to "open"
-
-
-@dataclass(frozen=True)
-class _Ticket:
-    """What an attempt was admitted as: its outcome only counts for the state it started in."""
-
-    generation: int
-    probe: bool
 
 
 class ResilientCrm:
@@ -143,12 +133,8 @@ class ResilientCrm:
         self._sleep = sleep
         self._rand = rand
         self._stats = ResilienceStats()
-        self._state: CircuitState = "closed"
-        self._failures = 0
-        self._opened_at = 0.0
-        self._probe_in_flight = False
-        self._generation = 0  # bumped on every state change
-        self._last_error = ""
+        self._circuit = CircuitBreaker(f"CRM {self.name}", failure_threshold=breaker_threshold,
+                                       reset_after_s=breaker_reset_s, clock=clock)
 
     # --- the ports ---------------------------------------------------------------------------
 
@@ -179,18 +165,16 @@ class ResilientCrm:
     @property
     def state(self) -> CircuitState:
         """``half_open`` as soon as the wait is over, even before a call arrives to probe."""
-        if self._state == "open" and self._retry_in() <= 0:
-            return "half_open"
-        return self._state
+        return self._circuit.state
 
     @property
     def consecutive_failures(self) -> int:
-        return self._failures
+        return self._circuit.consecutive_failures
 
     @property
     def stats(self) -> ResilienceStats:
         """A copy: the counters at this moment."""
-        return dataclasses.replace(self._stats)
+        return dataclasses.replace(self._stats, circuit_opened=self._circuit.opened_count)
 
     # --- retries -----------------------------------------------------------------------------
 
@@ -253,7 +237,11 @@ class ResilientCrm:
         timeout = min(self.attempt_timeout_s, deadline - self._clock())
         if timeout <= 0:
             raise CrmUnavailable(f"CRM {self.name}: no time left in the {self.budget_s:g}s budget")
-        ticket = self._admit()
+        try:
+            ticket = self._circuit.admit()
+        except CircuitRefused as refused:
+            self._stats.short_circuited += 1
+            raise CrmCircuitOpen(str(refused), retry_after_s=refused.retry_in) from None
         self._stats.attempts += 1
         try:
             async with asyncio.timeout(timeout):
@@ -267,75 +255,11 @@ class ResilientCrm:
             self._failed(ticket, exc)
             raise
         except BaseException:
-            self._release(ticket)
+            self._circuit.release(ticket)  # neutral: a CrmError or a cancellation says nothing of health
             raise
-        self._succeeded(ticket)
+        self._circuit.succeeded(ticket)
         return result
 
-    # --- breaker; no awaits below, so each step is atomic on the event loop -----------------
-
-    def _admit(self) -> _Ticket:
-        if self._state == "open":
-            if self._retry_in() > 0:
-                self._stats.short_circuited += 1
-                raise CrmCircuitOpen(
-                    f"CRM {self.name}: circuit open after {self._failures} failures in a row "
-                    f"(last: {self._last_error}); not calling it for another {self._retry_in():.1f}s",
-                    retry_after_s=self._retry_in(),
-                )
-            self._change("half_open")
-            log.info("CRM %s: %.1fs passed, one probe request goes through", self.name, self.breaker_reset_s)
-        if self._state == "half_open":
-            if self._probe_in_flight:
-                self._stats.short_circuited += 1
-                raise CrmCircuitOpen(
-                    f"CRM {self.name}: circuit open after {self._failures} failures in a row "
-                    f"(last: {self._last_error}); a probe request is checking whether it is back"
-                )
-            self._probe_in_flight = True
-            return _Ticket(self._generation, probe=True)
-        return _Ticket(self._generation, probe=False)
-
-    def _succeeded(self, ticket: _Ticket) -> None:
-        self._release(ticket)
-        if ticket.generation != self._generation:
-            return
-        if self._state == "half_open":
-            self._change("closed")
-            log.info("CRM %s answers again: circuit closed", self.name)
-        self._failures = 0
-
-    def _failed(self, ticket: _Ticket, exc: CrmUnavailable) -> None:
+    def _failed(self, ticket: Ticket, exc: CrmUnavailable) -> None:
         self._stats.failures += 1
-        self._release(ticket)
-        if ticket.generation != self._generation:
-            return
-        self._failures += 1
-        self._last_error = f"{exc.code}: {exc}"[:300]
-        if self._state == "half_open":
-            self._open()
-            log.warning("CRM %s is still failing (%s): circuit open again for %.1fs",
-                        self.name, self._last_error, self.breaker_reset_s)
-        elif self._failures >= self.breaker_threshold:
-            self._open()
-            log.warning("CRM %s failed %d times in a row (last: %s): circuit open, failing fast for %.1fs",
-                        self.name, self._failures, self._last_error, self.breaker_reset_s)
-
-    def _release(self, ticket: _Ticket) -> None:
-        # Only the probe of the current half-open state holds the slot; a probe that ends
-        # neutral (CrmError, cancellation) leaves the circuit half-open for the next caller.
-        if ticket.probe and ticket.generation == self._generation:
-            self._probe_in_flight = False
-
-    def _open(self) -> None:
-        self._opened_at = self._clock()
-        self._stats.circuit_opened += 1
-        self._change("open")
-
-    def _change(self, state: CircuitState) -> None:
-        self._state = state
-        self._generation += 1
-        self._probe_in_flight = False
-
-    def _retry_in(self) -> float:
-        return self._opened_at + self.breaker_reset_s - self._clock()
+        self._circuit.failed(ticket, f"{exc.code}: {exc}")

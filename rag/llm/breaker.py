@@ -11,23 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
+from rag.circuit import CircuitBreaker, CircuitRefused, CircuitState, Ticket
 from rag.errors import BackendUnavailable, ModelCircuitOpen, QueueFull
 from rag.llm.base import ChatMessage, ChatModel, ChatOptions, ChatResult, StreamEvent
 
 log = logging.getLogger(__name__)
 
-CircuitState = Literal["closed", "open", "half_open"]
-
-
-@dataclass(frozen=True)
-class _Ticket:
-    """What a call was admitted as: its outcome only counts for the state it started in."""
-
-    generation: int
-    probe: bool
 
 
 class CircuitBreakerChat:
@@ -71,10 +61,6 @@ class CircuitBreakerChat:
         reset_after_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if failure_threshold < 1:
-            raise ValueError("failure_threshold must be at least 1")
-        if reset_after_s < 0:
-            raise ValueError("reset_after_s must not be negative")
         self._inner = inner
         # Copied rather than read through properties: the port declares them as plain
         # attributes, and an adapter's model name and kind do not change after construction.
@@ -82,24 +68,17 @@ class CircuitBreakerChat:
         self.backend = inner.backend
         self.failure_threshold = failure_threshold
         self.reset_after_s = reset_after_s
-        self._clock = clock
-        self._state: CircuitState = "closed"
-        self._failures = 0
-        self._opened_at = 0.0
-        self._probe_in_flight = False
-        self._generation = 0  # bumped on every state change
-        self._last_error = ""
+        self._circuit = CircuitBreaker(f"{inner.backend} model {inner.name}", failure_threshold=failure_threshold,
+                                       reset_after_s=reset_after_s, clock=clock)
 
     @property
     def state(self) -> CircuitState:
         """``half_open`` as soon as the wait is over, even before a call arrives to probe."""
-        if self._state == "open" and self._retry_in() <= 0:
-            return "half_open"
-        return self._state
+        return self._circuit.state
 
     @property
     def consecutive_failures(self) -> int:
-        return self._failures
+        return self._circuit.consecutive_failures
 
     async def complete(self, messages: Sequence[ChatMessage], options: ChatOptions) -> ChatResult:
         ticket = self._admit()
@@ -146,83 +125,22 @@ class CircuitBreakerChat:
     async def aclose(self) -> None:
         await self._inner.aclose()
 
-    # --- state machine; no awaits below, so each step is atomic on the event loop ----------
+    # --- the shared state machine ---------------------------------------------------------
 
-    def _admit(self) -> _Ticket:
-        if self._state == "open":
-            if self._retry_in() > 0:
-                raise ModelCircuitOpen(
-                    f"{self._who()} failed {self._failures} times in a row (last: {self._last_error}); "
-                    f"not calling it for another {self._retry_in():.1f}s"
-                )
-            self._change("half_open")
-            log.info("%s: %.1fs passed, one probe call goes through", self._who(), self.reset_after_s)
-        if self._state == "half_open":
-            if self._probe_in_flight:
-                raise ModelCircuitOpen(
-                    f"{self._who()} failed {self._failures} times in a row (last: {self._last_error}); "
-                    "a probe call is checking whether it is back, retry once it finishes"
-                )
-            self._probe_in_flight = True
-            return _Ticket(self._generation, probe=True)
-        return _Ticket(self._generation, probe=False)
+    def _admit(self) -> Ticket:
+        try:
+            return self._circuit.admit()
+        except CircuitRefused as refused:
+            raise ModelCircuitOpen(str(refused)) from None
 
-    def _succeeded(self, ticket: _Ticket) -> None:
-        self._release(ticket)
-        if ticket.generation != self._generation:
-            return
-        if self._state == "half_open":
-            self._change("closed")
-            log.info("%s answers again: circuit closed", self._who())
-        self._failures = 0
+    def _succeeded(self, ticket: Ticket) -> None:
+        self._circuit.succeeded(ticket)
 
-    def _failed(self, ticket: _Ticket, exc: BackendUnavailable) -> None:
+    def _failed(self, ticket: Ticket, exc: BackendUnavailable) -> None:
         if isinstance(exc, QueueFull) or not exc.retryable:
-            self._neutral(ticket)
+            self._circuit.release(ticket)  # neutral: see the contract
             return
-        self._release(ticket)
-        if ticket.generation != self._generation:
-            return
-        self._failures += 1
-        self._last_error = f"{exc.code}: {exc}"[:300]
-        if self._state == "half_open":
-            self._open()
-            log.warning(
-                "%s is still failing (%s): circuit open again for %.1fs",
-                self._who(),
-                self._last_error,
-                self.reset_after_s,
-            )
-        elif self._failures >= self.failure_threshold:
-            self._open()
-            log.warning(
-                "%s failed %d times in a row (last: %s): circuit open, failing fast for %.1fs",
-                self._who(),
-                self._failures,
-                self._last_error,
-                self.reset_after_s,
-            )
+        self._circuit.failed(ticket, f"{exc.code}: {exc}")
 
-    def _neutral(self, ticket: _Ticket) -> None:
-        self._release(ticket)
-
-    def _release(self, ticket: _Ticket) -> None:
-        # Only the probe of the current half-open state holds the slot; a probe cancelled or
-        # neutral leaves the circuit half-open and the next caller becomes the probe.
-        if ticket.probe and ticket.generation == self._generation:
-            self._probe_in_flight = False
-
-    def _open(self) -> None:
-        self._opened_at = self._clock()
-        self._change("open")
-
-    def _change(self, state: CircuitState) -> None:
-        self._state = state
-        self._generation += 1
-        self._probe_in_flight = False
-
-    def _retry_in(self) -> float:
-        return self._opened_at + self.reset_after_s - self._clock()
-
-    def _who(self) -> str:
-        return f"{self.backend} model {self.name}"
+    def _neutral(self, ticket: Ticket) -> None:
+        self._circuit.release(ticket)
