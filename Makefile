@@ -24,3 +24,4 @@ bench: setup
 	$(VENV)/python bench/retrieval_xquad_r.py
 	$(VENV)/python bench/pipeline_overhead.py
 	$(VENV)/python bench/indexing.py
+	$(VENV)/python bench/telegram_ingress.py

@@ -23,8 +23,9 @@ from rag.answer_cache import SemanticAnswerCache
 from rag.errors import BackendUnavailable, InputError
 from rag.extractive import extractive_answer
 from rag.language import detect_language
+from rag.leak_guard import check_answer
 from rag.llm.base import ChatModel, ChatOptions
-from rag.prompts import Turn, build_messages, is_no_answer, postprocess
+from rag.prompts import SYSTEM, Turn, build_messages, is_no_answer, postprocess
 from rag.retriever import Retrieval, Retriever
 from rag.store import Hit, SearchFilter
 from rag.text import normalize_text
@@ -36,6 +37,7 @@ T = TypeVar("T")
 REASON_NO_DOCUMENTS = "no_relevant_documents"
 REASON_LOW_CONFIDENCE = "low_confidence"
 REASON_MODEL_DECLINED = "model_declined"
+REASON_ANSWER_WITHHELD = "answer_withheld"
 
 _ESCALATE_TEXT = {
     "ru": "В базе знаний нет ответа на этот вопрос. Я передам его оператору — он ответит вам здесь.",
@@ -204,6 +206,13 @@ class AnswerPipeline:
             return finish(result)
         allowed = {h.url for h in hits if h.url}
         text, cited = postprocess(chat.text, len(hits), allowed)
+        leak = check_answer(text, system_prompts=SYSTEM.values())
+        if leak.blocked or not text.strip():  # withheld, or nothing left once links were removed
+            # The model was talked into repeating its instructions: a person answers instead.
+            log.warning("answer withheld: %s", leak.reason or "nothing left after removing links")
+            result = self._escalation(language, confidence, REASON_ANSWER_WITHHELD, hits)
+            result.usage = chat.usage
+            return finish(result)
         # Uncited answers list the best documents, unless they were below the gate: then the
         # answer came from the customer's data and those documents are no source of it.
         numbers = cited or ([] if gate_reason else list(range(1, min(len(hits), 3) + 1)))

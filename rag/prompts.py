@@ -55,8 +55,10 @@ class Turn:
 
 
 def _quote(text: str) -> str:
-    # A document must not be able to close its own quotation and speak as the system.
-    return re.sub(r"</?\s*(source|customer|system)[^>]*>", "", text, flags=re.IGNORECASE)
+    """Data as data: no angle brackets at all, so neither a document nor a customer can close
+    its quotation and speak as the system — whatever spacing, zero-width characters or case a
+    forged ``</customer>`` or ``<system>`` uses. They become look-alike angle quotes."""
+    return text.replace("<", "‹").replace(">", "›")
 
 
 def build_messages(
@@ -84,10 +86,10 @@ def build_messages(
     parts = [f"{labels['sources']}:\n" + "\n".join(blocks)]
     if customer_context:
         parts.append(f"{labels['customer']}:\n<customer>\n{_quote(customer_context)}\n</customer>")
-    parts.append(f"{labels['question']}: {question}")
+    parts.append(f"{labels['question']}: {_quote(question)}")
     messages = [ChatMessage("system", SYSTEM[lang])]
     for turn in history:
-        messages.append(ChatMessage("assistant" if turn.role == "assistant" else "user", turn.text))
+        messages.append(ChatMessage("assistant" if turn.role == "assistant" else "user", _quote(turn.text)))
     messages.append(ChatMessage("user", "\n\n".join(parts)))
     return messages
 
@@ -96,6 +98,8 @@ _CITATION = re.compile(r"(\s*)\[(\d{1,2})\]")  # with the space before it, dropp
 _MD_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
 _MD_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)[^)]*\)")
 _BARE_URL = re.compile(r"https?://[^\s)\]>\"']+")
+# A link without a scheme («evil.example/s?d=…») exfiltrates as well as one with it.
+_SCHEMELESS_URL = re.compile(r"(?<![\w@/.-])(?:[a-z0-9-]+\.)+[a-z]{2,}(?::\d+)?/[^\s)\]>\"']*", re.IGNORECASE)
 
 
 def is_no_answer(text: str) -> bool:
@@ -110,6 +114,8 @@ def postprocess(text: str, n_sources: int, allowed_urls: set[str]) -> tuple[str,
     text = _MD_IMAGE.sub("", text)
     text = _MD_LINK.sub(lambda m: m.group(0) if m.group(2) in allowed_urls else m.group(1), text)
     text = _BARE_URL.sub(lambda m: m.group(0) if m.group(0).rstrip(".,;") in allowed_urls else "", text)
+    allowed_bare = {re.sub(r"^https?://", "", u) for u in allowed_urls}
+    text = _SCHEMELESS_URL.sub(lambda m: m.group(0) if m.group(0).rstrip(".,;") in allowed_bare else "", text)
     cited: list[int] = []
 
     def keep(m: re.Match[str]) -> str:

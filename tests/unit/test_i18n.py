@@ -42,6 +42,7 @@ EXPECTED_PLACEHOLDERS: dict[str, set[str]] = {
     "unsupported_message": set(),
     "empty_message": set(),
     "verify_offer": set(),
+    "reason_answer_withheld": set(),
     "sla_breached": {"ticket_id", "waiting", "status"},
     "customer_card_title": {"name"},
     "button_share_contact": set(),
