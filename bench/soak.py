@@ -282,10 +282,14 @@ def _tracemalloc_loop():
         own = [tracemalloc.Filter(False, tracemalloc.__file__, all_frames=True)]  # its own line cache
         snap = tracemalloc.take_snapshot().filter_traces(own)
         stats = snap.compare_to(base, "traceback")
-        current, peak = tracemalloc.get_traced_memory()
+        by_file = snap.compare_to(base, "filename")
+        grown = sum(st.size_diff for st in stats)
         with open({path!r}, "a", encoding="utf-8") as out:
-            out.write(f"=== +{{n * {every}}}s after tracing started: traced {{current / 1e6:.1f}} MB "
-                      f"(peak {{peak / 1e6:.1f}})\\n")
+            out.write(f"=== +{{n * {every}}}s after tracing started: {{grown / 1e6:.2f}} MB allocated since and "
+                      f"still alive ({{sum(st.count_diff for st in stats):+d}} blocks)\\n")
+            for st in by_file[:12]:
+                where = st.traceback[0].filename
+                out.write(f"  {{st.size_diff / 1024:+9.1f}} KiB {{st.count_diff:+7d}} blocks  {{where}}\\n")
             for stat in stats[:15]:
                 out.write(f"{{stat.size_diff / 1024:+.1f}} KiB, {{stat.count_diff:+d}} blocks\\n")
                 for line in stat.traceback.format()[-8:]:

@@ -841,6 +841,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"  {ingress['acks_per_s']} acks/s, p95 {ingress['ack_latency_ms']['p95']:.1f} ms, "
             f"non-2xx {ingress['non_2xx']}")
 
+        out.update({"config": {"db": args.db, "updates": args.updates, "phase": "ingress only (phase 2 not finished)"},
+                    "ingress": ingress})
+        save(out, args)  # if the run is cut short, phase 1 is on disk
         log("phase 2: waiting for every reply")
         expected = sum(1 for i, j in enumerate(jobs) if not j.duplicate_of_earlier and 200 <= res.status[i] < 300)
         waited = wait_for_replies(fakes, server, expected, args.e2e_timeout, ingress["first_send_at"])

