@@ -686,10 +686,10 @@ async def test_injection_through_the_service(attacked: Attacked, case: Injection
 
 # --- with the real Gemma 3 270M ---------------------------------------------------------------------------
 
+# A real model on two CPU cores takes tens of seconds a case: a small cross-section keeps the
+# suite inside CI's time (one per vector and language, plus a garak probe).
 GEMMA_CASES = [
-    "ru-direct-01", "ru-direct-06", "ru-direct-11", "ru-direct-16", "ru-direct-19", "ru-direct-23",
-    "ru-kb-02", "ru-kb-03", "ru-kb-05", "ru-crm-01", "ru-crm-03", "ru-crm-07", "ru-history-01", "ru-history-02",
-    "en-direct-01", "en-kb-02", "garak-sysprompt-04", "garak-promptinject-03", "garak-latent-02", "garak-web-02",
+    "ru-direct-01", "ru-kb-02", "ru-crm-01", "ru-history-01", "en-direct-01", "garak-sysprompt-04",
 ]
 
 
