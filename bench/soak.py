@@ -1358,10 +1358,10 @@ def report_phase(out: Out, name: str, res: dict[str, Any], args: argparse.Namesp
     ]
 
 
-def report_memory(out: Out, mem: dict[str, Any]) -> tuple[str, str, str]:
+def report_memory(out: Out, mem: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "slope_mb_per_min" not in mem:
         out.table("soak: memory", ["", "value"], [("samples", mem.get("samples", 0)), ("slope", "too few samples")])
-        return ("soak: memory flat", "too few samples", verdict(None))
+        return [("soak: memory flat", "too few samples", verdict(None))]
     out.table("soak: memory of the service process (VmRSS)", ["", "value"], [
         ("samples / every s / warm-up excluded s", f"{mem['samples']} / {mem['interval_s']:g} / {mem['warmup_s']:g}"),
         ("RSS at server start MB", mem["rss_at_server_start_mb"]),
@@ -1376,9 +1376,14 @@ def report_memory(out: Out, mem: dict[str, Any]) -> tuple[str, str, str]:
          f"{mem.get('sqlite_connections_open_max', 'n/a')} · "
          + " → ".join(str(x) for x in mem.get("sqlite_file_mb_start_end", ["n/a", "n/a"]))),
     ])
-    return (f"soak: memory flat (slope < {mem['slope_limit_mb_per_min']:g} MB/min after warm-up)",
-            f"{mem['slope_mb_per_min']} MB/min over {mem['steady_minutes']} min "
-            f"({mem['rss_after_warmup_mb']} → {mem['rss_end_mb']} MB)", verdict(mem["flat"]))
+    limit = mem["slope_limit_mb_per_min"]
+    rows = [(f"soak: memory flat (VmRSS slope < {limit:g} MB/min after {mem['warmup_s']:g} s of warm-up)",
+             f"{mem['slope_mb_per_min']} MB/min over {mem['steady_minutes']} min "
+             f"({mem['rss_after_warmup_mb']} → {mem['rss_end_mb']} MB)", verdict(mem["flat"]))]
+    if "anon_slope_mb_per_min" in mem:  # the heap alone: file-backed pages (the mmapped model) excluded
+        rows.append((f"soak: heap flat (RssAnon slope < {limit:g} MB/min, same window)",
+                     f"{mem['anon_slope_mb_per_min']} MB/min", verdict(mem["anon_slope_mb_per_min"] < limit)))
+    return rows
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -1415,7 +1420,7 @@ def reprint(path: Path, markdown: bool) -> None:
         if phase in saved:
             targets += report_phase(out, phase, saved[phase], args)
     if "soak" in saved and "memory" in saved["soak"]:
-        targets.append(report_memory(out, saved["soak"]["memory"]))
+        targets += report_memory(out, saved["soak"]["memory"])
     out.table("Targets", ["target", "measured", "verdict"], targets)
 
 
@@ -1521,7 +1526,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         res["memory"] = memory_report(run, t_load, t_load + minutes * 60, args.warmup, args.rss_slope_limit)
         result["soak"] = res
         targets += report_phase(out, "soak", res, args)
-        targets.append(report_memory(out, res["memory"]))
+        targets += report_memory(out, res["memory"])
     out.table("Targets", ["target", "measured", "verdict"], targets)
     result["targets"] = [{"target": t, "measured": m, "verdict": v} for t, m, v in targets]
     result["finished_utc"] = datetime.now().astimezone().isoformat(timespec="seconds")
