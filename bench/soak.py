@@ -780,7 +780,9 @@ def read_trace(path: Path) -> list[dict[str, Any]]:
 
 
 FAILURES = {"model_circuit_open": "circuit open (failing fast)",
-            "model_timeout": "slot granted, generation cut by the deadline"}
+            "model_timeout": "slot granted, generation cut by the deadline",
+            "deadline_exceeded": "no time left before the model (retrieval ate the deadline)"}
+TOO_LATE = "the model queue would not reach this request in time"  # the limiter's refusal on arrival
 
 
 def failure_of_message(message: str) -> str:
@@ -790,6 +792,8 @@ def failure_of_message(message: str) -> str:
         return FAILURES["model_circuit_open"]
     if head.startswith("model queue is full"):
         return "queue full on arrival"
+    if head.startswith(TOO_LATE):
+        return "refused on arrival: its turn would come too late"
     if head.startswith("no model slot freed up"):
         return "no slot within the deadline"
     if "did not finish within" in head or "timed out" in head:
@@ -808,6 +812,8 @@ def failure_kind(degraded: str | None) -> str | None:
         return "other: " + degraded[:60]
     code, message = m.groups()
     if code == "model_queue_full":
+        if message.startswith(TOO_LATE):
+            return "refused on arrival: its turn would come too late"
         return "queue full on arrival" if message.startswith("model queue is full") else "no slot within the deadline"
     return FAILURES.get(code, code)
 
@@ -1012,7 +1018,8 @@ def analyse(run: PhaseRun, customers: list[Customer], timings: dict[str, Any], a
         # granted a slot, or refused when the deadline passed first).
         immediate = [c for c in calls if c["waiting_before"] == 0 and c["in_flight_before"] < args.max_concurrent]
         full = [c for c in calls if c.get("refused") == "QueueFull" and "queue is full" in c.get("why", "")]
-        skip = {id(c) for c in immediate} | {id(c) for c in full}
+        too_late = [c for c in calls if c.get("refused") == "QueueFull" and c.get("why", "").startswith(TOO_LATE)]
+        skip = {id(c) for c in immediate} | {id(c) for c in full} | {id(c) for c in too_late}
         appended = [c for c in calls if id(c) not in skip]
         granted = [c for c in calls if "grant" in c]
         timed_out = [c for c in appended if c.get("refused") == "QueueFull"]
@@ -1023,13 +1030,15 @@ def analyse(run: PhaseRun, customers: list[Customer], timings: dict[str, Any], a
         queue["traced_max_holding_a_slot"] = max_overlap([(c["grant"], c.get("release", c["end"])) for c in granted])
         queue["calls_traced"] = len(calls)
         queue["calls_by_path"] = {"slot at once": len(immediate), "refused at once (queue full)": len(full),
-                                  "queued": len(appended)}
+                                  "refused at once (turn too late)": len(too_late), "queued": len(appended)}
         ends: Counter[str] = Counter()
         for c in calls:
             if c.get("outcome") == "ok":
                 ends["answered"] += 1
             elif id(c) in {id(x) for x in full}:
                 ends["queue full on arrival"] += 1
+            elif id(c) in {id(x) for x in too_late}:
+                ends["refused on arrival: its turn would come too late"] += 1
             elif c.get("refused") == "QueueFull":
                 ends["no slot within the deadline"] += 1
             else:

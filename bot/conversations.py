@@ -36,7 +36,7 @@ from bot.usage import UsageLog
 from rag.answer import AnswerResult
 from rag.errors import AppError, InputError
 from rag.llm.base import ChatModel
-from rag.pipeline import AnswerPipeline, AnswerRequest
+from rag.pipeline import REASON_MODEL_UNAVAILABLE, AnswerPipeline, AnswerRequest
 from rag.prompts import Turn
 from rag.redaction import KNOWN_VALUES
 from rag.summary import summarize_conversation
@@ -44,7 +44,6 @@ from rag.summary import summarize_conversation
 log = logging.getLogger(__name__)
 
 REASON_CUSTOMER_REQUEST = "customer_request"
-REASON_MODEL_UNAVAILABLE = "model_unavailable"
 REASON_NEGATIVE_FEEDBACK = "negative_feedback"
 REASON_PROCESSING_ERROR = "processing_error"
 
@@ -88,6 +87,7 @@ class ConversationService:
 
     # the customer's free text ------------------------------------------------------------------
     async def handle_text(self, event_id: int, sender: Sender, text: str, *, typing: Typing | None = None) -> None:
+        deadline = self._pipeline.deadline_from_now()  # the CRM lookup spends the same budget
         turn = await self._tx(lambda c: self._receive(c, event_id, sender, text))
         if turn is None:
             return
@@ -109,7 +109,8 @@ class ConversationService:
                 context_text = context_for_prompt(found.context, turn.user.language)
                 KNOWN_VALUES.set(personal_values(found.context))  # for redaction, in this task only
             crm_note = personal and found.problem == "unavailable"
-        request = AnswerRequest(text, history=turn.history, audience="customer", customer_context=context_text)
+        request = AnswerRequest(text, history=turn.history, audience="customer", customer_context=context_text,
+                                deadline=deadline)
         try:
             async with (typing or nullcontext)():
                 result = await self._pipeline.answer(request)

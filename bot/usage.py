@@ -46,7 +46,8 @@ class UsageLog:
         stages = {
             "retrieval": sum(timings.get(k, 0.0) for k in ("prepare", "embed", "search")) if timings else None,
             "crm": crm_s,
-            "model_queue": usage.queue_wait_s if usage else None,
+            # A failed model call has no usage, but its wait in the queue is in the timings.
+            "model_queue": usage.queue_wait_s if usage else timings.get("model_queue"),
             "model_ttft": usage.time_to_first_token_s if usage else None,
             "model_total": usage.total_s if usage else None,
             "total": (timings.get("total", 0.0) + (crm_s or 0.0)) if timings else (crm_s or 0.0),

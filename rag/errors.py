@@ -46,18 +46,46 @@ class BackendUnavailable(AppError):
 
     code = "backend_unavailable"
     retryable = True
+    # Seconds a model call waited in our own queue before it failed, when known: a failed
+    # call's wait is still part of what the customer waited, and reports show it.
+    queue_wait_s: float | None = None
+
+
+# A timeout counts against the model server only if the server had at least this many
+# typical calls' worth of time: less means our own queue spent the budget.
+FAIR_CHANCE_FACTOR = 3.0
 
 
 class ModelTimeout(BackendUnavailable):
-    """The chat model did not answer within its deadline."""
+    """The chat model did not answer within its deadline.
+
+    ``server_s`` is how long the server had the request, ``typical_s`` how long a call
+    usually holds a model slot (both None when unknown).
+    """
 
     code = "model_timeout"
+    server_s: float | None = None
+    typical_s: float | None = None
+
+    @property
+    def cut_short(self) -> bool:
+        """The deadline ran out before the server had a fair chance: the time went to the
+        wait for a slot, so this says the service is overloaded, not that the server is down."""
+        if self.server_s is None or self.typical_s is None:
+            return False
+        return self.server_s < FAIR_CHANCE_FACTOR * self.typical_s
 
 
 class QueueFull(BackendUnavailable):
-    """The bounded model queue is full or the wait exceeded its deadline."""
+    """The bounded model queue is full, or a slot would not (or did not) free up in time."""
 
     code = "model_queue_full"
+
+
+class DeadlineExceeded(BackendUnavailable):
+    """The question's time ran out before the model could be asked (e.g. during retrieval)."""
+
+    code = "deadline_exceeded"
 
 
 class ModelCircuitOpen(BackendUnavailable):

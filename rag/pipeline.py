@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from rag.answer import AnswerResult, SourceRef
 from rag.answer_cache import SemanticAnswerCache
-from rag.errors import BackendUnavailable, InputError
+from rag.errors import BackendUnavailable, DeadlineExceeded, InputError
 from rag.extractive import extractive_answer
 from rag.language import detect_language
 from rag.leak_guard import check_answer
@@ -38,6 +38,7 @@ REASON_NO_DOCUMENTS = "no_relevant_documents"
 REASON_LOW_CONFIDENCE = "low_confidence"
 REASON_MODEL_DECLINED = "model_declined"
 REASON_ANSWER_WITHHELD = "answer_withheld"
+REASON_MODEL_UNAVAILABLE = "model_unavailable"  # down, overloaded, or no time left for it
 
 _ESCALATE_TEXT = {
     "ru": "В базе знаний нет ответа на этот вопрос. Я передам его оператору — он ответит вам здесь.",
@@ -54,7 +55,8 @@ class PipelineConfig:
     history_turns: int = 6
     max_tokens: int = 512
     temperature: float = 0.1
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0  # one question's whole budget: retrieval, model queue and generation
+    canary: str | None = None  # planted in the system prompt; an answer carrying it is withheld
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class AnswerRequest:
     customer_context: str | None = None
     audience: str = "customer"  # "operator" may also read operator-only documents
     language: str | None = None  # None: detected from the question
+    # A ``time.monotonic()`` instant by which the answer must be decided; None: the config's
+    # ``timeout_s`` from now. The caller sets it when the question waited before (e.g. for CRM).
+    deadline: float | None = None
 
 
 class AnswerPipeline:
@@ -103,6 +108,10 @@ class AnswerPipeline:
     @property
     def model(self) -> ChatModel | None:
         return self._model
+
+    def deadline_from_now(self) -> float:
+        """The deadline of a question whose handling starts now (see ``AnswerRequest.deadline``)."""
+        return time.monotonic() + self._cfg.timeout_s
 
     def prepare_question(self, raw: str) -> str:
         question = normalize_text(raw or "").strip()
@@ -136,7 +145,20 @@ class AnswerPipeline:
 
     async def answer(self, request: AnswerRequest) -> AnswerResult:
         t0 = time.perf_counter()
-        got = await self._off_loop(self.retrieve, request)
+        deadline = request.deadline if request.deadline is not None else self.deadline_from_now()
+        question = self.prepare_question(request.question)  # InputError before any waiting
+        try:
+            # The retrieval thread serves one question at a time: under load the wait for it
+            # counts against the same deadline as the model.
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                got = await self._off_loop(self.retrieve, request)
+        except TimeoutError:
+            language = request.language or _language(question)
+            log.warning("no time left to search the knowledge base: the question goes to an operator")
+            result = self._escalation(language, 0.0, REASON_MODEL_UNAVAILABLE, [])
+            result.failure = DeadlineExceeded.code
+            result.timings["total"] = time.perf_counter() - t0
+            return result
         question, language, hits, confidence, timings = (
             got.question, got.language, got.hits, got.confidence, dict(got.timings)
         )
@@ -182,15 +204,19 @@ class AnswerPipeline:
         messages = build_messages(
             question, hits, language=language, history=self._bounded_history(request.history),
             customer_context=request.customer_context, max_context_chars=self._cfg.max_context_chars,
+            canary=self._cfg.canary,
         )
         timings["prompt"] = time.perf_counter() - t
-        options = ChatOptions(
-            max_tokens=self._cfg.max_tokens, temperature=self._cfg.temperature, timeout_s=self._cfg.timeout_s
-        )
         try:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded("no time left to ask the model")
+            options = ChatOptions(max_tokens=self._cfg.max_tokens, temperature=self._cfg.temperature, timeout_s=left)
             chat = await self._model.complete(messages, options)
         except BackendUnavailable as exc:
             log.warning("model unavailable, answering extractively: %s", exc)
+            if exc.queue_wait_s is not None:
+                timings["model_queue"] = exc.queue_wait_s
             if gate_reason:  # no passage good enough to quote: a person must answer
                 result = self._escalation(language, confidence, gate_reason, hits)
             else:
@@ -206,7 +232,8 @@ class AnswerPipeline:
             return finish(result)
         allowed = {h.url for h in hits if h.url}
         text, cited = postprocess(chat.text, len(hits), allowed)
-        leak = check_answer(text, system_prompts=SYSTEM.values())
+        canaries = [self._cfg.canary] if self._cfg.canary else []
+        leak = check_answer(text, system_prompts=SYSTEM.values(), canaries=canaries)
         if leak.blocked or not text.strip():  # withheld, or nothing left once links were removed
             # The model was talked into repeating its instructions: a person answers instead.
             log.warning("answer withheld: %s", leak.reason or "nothing left after removing links")
@@ -260,6 +287,11 @@ class AnswerPipeline:
             sources=[_ref(n, h) for n, h in enumerate(hits[:3], start=1)],  # for the operator's context
             confidence=confidence, escalate=True, reason=reason, mode="none", language=language,
         )
+
+
+def _loop_time(monotonic_instant: float) -> float:
+    """A ``time.monotonic()`` instant on the running loop's clock (``asyncio.timeout_at``)."""
+    return asyncio.get_running_loop().time() + (monotonic_instant - time.monotonic())
 
 
 def _language(question: str) -> str:

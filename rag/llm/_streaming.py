@@ -63,29 +63,37 @@ class StreamingChat(ABC):
         parts: list[str] = []
         ttft: float | None = None
         finish: Finish | None = None
-        async with (
-            self._limiter.slot(options.timeout_s) as queue_wait,
-            aclosing(self._generate(messages, options, deadline)) as pieces,
-        ):
-            while True:
-                try:
-                    # Only the wait for the backend is bounded, never the consumer's work
-                    # between events: a timeout spanning a ``yield`` would cancel the caller.
-                    async with asyncio.timeout(deadline - time.monotonic()):
-                        piece = await anext(pieces)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise ModelTimeout(
-                        f"{self.backend} model {self.name} did not finish within {options.timeout_s:g}s"
-                    ) from None
-                if isinstance(piece, Finish):
-                    finish = piece
-                elif piece:
-                    if ttft is None:
-                        ttft = time.perf_counter() - started
-                    parts.append(piece)
-                    yield StreamEvent(delta=piece)
+        queue_wait = 0.0
+        try:
+            async with (
+                self._limiter.slot(options.timeout_s) as queue_wait,
+                aclosing(self._generate(messages, options, deadline)) as pieces,
+            ):
+                while True:
+                    try:
+                        # Only the wait for the backend is bounded, never the consumer's work
+                        # between events: a timeout spanning a ``yield`` would cancel the caller.
+                        async with asyncio.timeout(deadline - time.monotonic()):
+                            piece = await anext(pieces)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        raise ModelTimeout(
+                            f"{self.backend} model {self.name} did not finish within {options.timeout_s:g}s"
+                        ) from None
+                    if isinstance(piece, Finish):
+                        finish = piece
+                    elif piece:
+                        if ttft is None:
+                            ttft = time.perf_counter() - started
+                        parts.append(piece)
+                        yield StreamEvent(delta=piece)
+        except ModelTimeout as exc:
+            # What the breaker needs to tell an overloaded queue from a stuck server.
+            exc.queue_wait_s = queue_wait
+            exc.server_s = time.perf_counter() - started - queue_wait
+            exc.typical_s = self._limiter.typical_hold_s
+            raise
         if finish is None:
             raise BackendUnavailable(f"{self.backend} model {self.name} stopped answering mid-stream")
         # The slot is released before the last event, so a caller that stops reading at

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 from rag.circuit import CircuitBreaker, CircuitRefused, CircuitState, Ticket
-from rag.errors import BackendUnavailable, ModelCircuitOpen, QueueFull
+from rag.errors import BackendUnavailable, ModelCircuitOpen, ModelTimeout, QueueFull
 from rag.llm.base import ChatMessage, ChatModel, ChatOptions, ChatResult, StreamEvent
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ class CircuitBreakerChat:
     a stream that breaks off midway). Neutral, neither failure nor success:
 
     - ``QueueFull``: our own queue is overloaded, the server is not broken;
+    - a ``ModelTimeout`` that is ``cut_short``: the deadline ran out while the server had
+      less than a fair share of it, because the wait for a slot took the rest;
     - a non-retryable ``BackendUnavailable`` (missing model, refused key, prompt too long): the
       server answered, the request or the configuration is wrong, and failing fast would only
       hide that precise message behind "circuit open";
@@ -137,7 +139,7 @@ class CircuitBreakerChat:
         self._circuit.succeeded(ticket)
 
     def _failed(self, ticket: Ticket, exc: BackendUnavailable) -> None:
-        if isinstance(exc, QueueFull) or not exc.retryable:
+        if isinstance(exc, QueueFull) or not exc.retryable or (isinstance(exc, ModelTimeout) and exc.cut_short):
             self._circuit.release(ticket)  # neutral: see the contract
             return
         self._circuit.failed(ticket, f"{exc.code}: {exc}")

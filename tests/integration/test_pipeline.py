@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -252,6 +253,31 @@ async def test_hanging_server_times_out_into_an_extractive_answer(
     assert result.escalate is False
     assert result.degraded is not None and "model_timeout" in result.degraded
     assert CLASSIC_FACT in result.text
+    assert len(chat_requests(fake_llm_server)) == 1
+
+
+async def test_a_question_out_of_time_goes_to_an_operator_without_asking_the_model(
+    kb: Stack, model: OllamaChat, fake_llm_server: FakeLLMServer
+) -> None:
+    # The deadline passed while the question waited (for the CRM, for the retrieval thread).
+    result = await pipeline(kb, model).answer(AnswerRequest(CLASSIC_RU, deadline=time.monotonic()))
+
+    assert result.escalate is True
+    assert result.failure == "deadline_exceeded"
+    assert result.reason == "model_unavailable"
+    assert chat_requests(fake_llm_server) == []
+
+
+async def test_the_model_gets_only_the_time_left_of_the_questions_deadline(
+    kb: Stack, model: OllamaChat, fake_llm_server: FakeLLMServer
+) -> None:
+    fake_llm_server.behaviour.hang = True
+    p = pipeline(kb, model, timeout_s=600)
+    started = time.monotonic()
+
+    result = await asyncio.wait_for(p.answer(AnswerRequest(CLASSIC_RU, deadline=started + 1.5)), timeout=20)
+
+    assert result.failure == "model_timeout"  # the question's 1.5 s, not the config's 600 s
     assert len(chat_requests(fake_llm_server)) == 1
 
 

@@ -95,7 +95,8 @@ def service_settings(data_dir: Path, bot_api: FakeTelegram, model_server: FakeLL
     if webhook:
         tg.update(webhook_url="https://bot.example.test/telegram/webhook", webhook_secret=SECRET)
     tg.update(sections.pop("telegram", {}))
-    llm_cfg = dict(backend="openai", openai_url=model_server.url, model="fake-model", timeout_s=3.0)
+    # The deadline covers retrieval too, which a loaded two-core CI machine can make slow.
+    llm_cfg = dict(backend="openai", openai_url=model_server.url, model="fake-model", timeout_s=10.0)
     llm_cfg.update(sections.pop("llm", {}))
     chat = dict(lease_s=5.0)
     chat.update(sections.pop("chat", {}))

@@ -331,3 +331,26 @@ def test_rejects_nonsense_settings() -> None:
         CircuitBreakerChat(ScriptedChat(), failure_threshold=0)
     with pytest.raises(ValueError, match="reset_after_s"):
         CircuitBreakerChat(ScriptedChat(), reset_after_s=-1)
+
+
+def timeout(server_s: float, typical_s: float | None) -> ModelTimeout:
+    error = ModelTimeout("did not finish within 5s")
+    error.server_s, error.typical_s = server_s, typical_s
+    return error
+
+
+async def test_a_timeout_cut_short_by_our_own_queue_does_not_count() -> None:
+    # The server had less than three typical calls' time: the queue spent the deadline.
+    inner = ScriptedChat(*[timeout(server_s=1.0, typical_s=2.0) for _ in range(4)])
+    chat = breaker(inner, Clock(), threshold=2)
+
+    await fail(chat, 4)
+    assert (chat.state, chat.consecutive_failures) == ("closed", 0)
+
+
+async def test_a_timeout_with_a_fair_chance_or_no_history_counts() -> None:
+    inner = ScriptedChat(timeout(server_s=6.5, typical_s=2.0), timeout(server_s=0.5, typical_s=None))
+    chat = breaker(inner, Clock(), threshold=2)
+
+    await fail(chat, 2)
+    assert chat.state == "open"

@@ -151,3 +151,64 @@ def test_rejects_nonsense_bounds() -> None:
         ConcurrencyLimiter(max_concurrent=0, max_queue=1)
     with pytest.raises(ValueError):
         ConcurrencyLimiter(max_concurrent=1, max_queue=-1)
+
+
+async def test_learns_how_long_a_call_holds_its_slot() -> None:
+    limiter = ConcurrencyLimiter(max_concurrent=1, max_queue=5)
+    assert limiter.typical_hold_s is None
+    async with limiter.slot(1):
+        await asyncio.sleep(0.05)
+    with pytest.raises(RuntimeError):  # a failed call says nothing about how long answers take
+        async with limiter.slot(1):
+            raise RuntimeError("boom")
+    assert limiter.typical_hold_s is not None and limiter.typical_hold_s >= 0.05
+
+
+async def test_a_caller_whose_turn_would_come_too_late_is_refused_on_arrival() -> None:
+    limiter = ConcurrencyLimiter(max_concurrent=1, max_queue=10)
+    async with limiter.slot(1):
+        await asyncio.sleep(0.05)
+    typical = limiter.typical_hold_s
+    assert typical is not None
+    release = asyncio.Event()
+    queued = [asyncio.create_task(hold(limiter, release, [], str(i))) for i in range(4)]
+    await settle()
+    assert (limiter.in_flight, limiter.waiting) == (1, 3)
+    assert limiter.expected_wait_s() == pytest.approx(4 * typical)
+
+    # Four calls' time ahead of it and one of its own: a deadline of three cannot be kept.
+    with pytest.raises(QueueFull, match="would not reach this request in time") as refused:
+        async with limiter.slot(3 * typical):
+            pass
+    assert refused.value.queue_wait_s == 0.0
+    assert limiter.waiting == 3  # it never took a place in the line
+
+    # With time for the wait and the answer it queues as before.
+    patient = asyncio.create_task(hold(limiter, release, [], "patient"))
+    await settle()
+    assert limiter.waiting == 4
+    release.set()
+    await asyncio.gather(*queued, patient)
+
+
+async def test_a_wait_keeps_a_typical_calls_time_for_the_answer() -> None:
+    limiter = ConcurrencyLimiter(max_concurrent=1, max_queue=10)
+    async with limiter.slot(1):
+        await asyncio.sleep(0.1)
+    typical = limiter.typical_hold_s
+    assert typical is not None
+    release = asyncio.Event()
+    holder = asyncio.create_task(hold(limiter, release, [], "holder"))
+    await settle()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # Admitted (one call ahead: about `typical` to wait), but the holder never finishes: it
+    # gives up while a typical call's time is still left, not at the deadline.
+    with pytest.raises(QueueFull, match="keeping time to answer") as refused:
+        async with limiter.slot(2.5 * typical):
+            pass
+    waited = loop.time() - started
+    assert waited < 2.5 * typical
+    assert refused.value.queue_wait_s == pytest.approx(waited, abs=0.05)
+    release.set()
+    await holder
