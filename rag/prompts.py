@@ -9,6 +9,7 @@ could otherwise carry data out of the perimeter).
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,11 +55,26 @@ class Turn:
     text: str
 
 
+# Angle brackets and their look-alikes, after NFKC (which already folds fullwidth ＜＞ and
+# small-form ﹤﹥ into < >): a model reads any of them as a tag bracket.
+_OPENING_ANGLES = re.compile("[<〈⟨❬˂ᐸ]")
+_CLOSING_ANGLES = re.compile("[>〉⟩❭˃ᐳ]")
+
+
 def _quote(text: str) -> str:
     """Data as data: no angle brackets at all, so neither a document nor a customer can close
-    its quotation and speak as the system — whatever spacing, zero-width characters or case a
-    forged ``</customer>`` or ``<system>`` uses. They become look-alike angle quotes."""
-    return text.replace("<", "‹").replace(">", "›")
+    its quotation and speak as the system — whatever spacing, zero-width characters, case or
+    compatibility form (fullwidth ``＜/customer＞``) a forged ``</customer>`` or ``<system>``
+    uses. They become the look-alike angle quotes ‹ ›, one neutral form for all of them."""
+    text = unicodedata.normalize("NFKC", text)
+    return _CLOSING_ANGLES.sub("›", _OPENING_ANGLES.sub("‹", text))
+
+
+def _attr(value: str) -> str:
+    """A ``<source>`` attribute value: quoted like data, with no double quote (a title or
+    heading holding ``"`` would end its attribute and add one of its own, ``url="…"``) and on
+    one line (the tag must stay one line)."""
+    return " ".join(_quote(value).replace('"', "”").split())
 
 
 def build_messages(
@@ -80,8 +96,8 @@ def build_messages(
             break
         budget -= len(text)
         heading = " / ".join(hit.heading_path)
-        url = f' url="{hit.url}"' if hit.url else ""
-        attrs = f'n="{n}" title="{_quote(hit.title)}" section="{_quote(heading)}"{url}'
+        url = f' url="{_attr(hit.url)}"' if hit.url else ""
+        attrs = f'n="{n}" title="{_attr(hit.title)}" section="{_attr(heading)}"{url}'
         blocks.append(f"<source {attrs}>\n{text}\n</source>")
     parts = [f"{labels['sources']}:\n" + "\n".join(blocks)]
     if customer_context:
