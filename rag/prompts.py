@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from rag.llm.base import ChatMessage
 from rag.store import Hit
@@ -113,9 +114,75 @@ def build_messages(
 _CITATION = re.compile(r"(\s*)\[(\d{1,2})\]")  # with the space before it, dropped together
 _MD_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
 _MD_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)[^)]*\)")
+_HTML_IMAGE = re.compile(r"<\s*img\b[^>]*>", re.IGNORECASE)
+_HTML_LINK = re.compile(r"""<\s*a\b[^>]*?\bhref\s*=\s*["']?([^"'\s>]*)[^>]*>(.*?)<\s*/\s*a\s*>""",
+                        re.IGNORECASE | re.DOTALL)
 _BARE_URL = re.compile(r"https?://[^\s)\]>\"']+")
-# A link without a scheme («evil.example/s?d=…») exfiltrates as well as one with it.
-_SCHEMELESS_URL = re.compile(r"(?<![\w@/.-])(?:[a-z0-9-]+\.)+[a-z]{2,}(?::\d+)?/[^\s)\]>\"']*", re.IGNORECASE)
+# An address without a scheme exfiltrates as well as one with it, with a path («evil.example/s?d=…»)
+# or without (Telegram links a bare «evil.example», and a subdomain can carry data). A host is
+# dot-separated labels ending in a letter TLD — Latin, punycode, or one of the Cyrillic TLDs —
+# so decimals («3.5»), versions («2.1.0») and abbreviations («т.е.», "e.g.": one-letter parts)
+# never match. Not after @ (an e-mail address is no link) nor / or . (inside a URL or a longer name).
+_CYRILLIC_TLDS = "рф|рус|онлайн|сайт|орг|ком|укр|бел|срб|қаз"
+_HOST_OR_URL = re.compile(
+    r"(?<![\w@/.-])(?P<host>(?:[^\W_](?:[\w-]*[^\W_])?\.)+(?:[a-z]{2,63}|xn--[a-z0-9-]+|" + _CYRILLIC_TLDS + r"))"
+    r"(?![\w-])(?P<rest>(?::\d{1,5})?[/?#][^\s)\]>\"'<]*|:\d{1,5}(?!\d))?",
+    re.IGNORECASE,
+)
+# File names the documents cite («Тарифы.pdf», "form-12.docx") look like hosts, but these
+# endings are file types, not top-level domains: nothing resolves or links them.
+_FILE_TYPES = frozenset({
+    "pdf", "doc", "docx", "xls", "xlsx", "csv", "txt", "rtf", "odt", "ods", "odp", "ppt", "pptx",
+    "jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "svg", "webp", "heic",
+    "json", "xml", "yml", "yaml", "htm", "html", "js", "css", "exe", "msi", "apk", "dmg", "sig", "p7s", "log", "ini",
+})
+_TRAILING = ".,;:!?»)"
+
+
+def strip_links(text: str, allowed_urls: Iterable[str] = ()) -> str:
+    """``text`` without images and without links to any address but ``allowed_urls``.
+
+    Markdown and HTML links keep their text; bare URLs, addresses without a scheme and bare
+    domains are removed. An address with a path must be one of ``allowed_urls`` exactly; a
+    bare domain must be the host of one of them. The one filter for every text that may carry
+    a link someone else wrote: the model's answers and summaries, and the documents' titles
+    and headings shown as sources.
+    """
+    allowed = {u for u in allowed_urls if u}
+    allowed_bare = {re.sub(r"^https?://", "", u, flags=re.IGNORECASE).rstrip("/") for u in allowed}
+    allowed_hosts = {h.lower() for u in allowed if (h := _hostname(u))}
+
+    def url(m: re.Match[str]) -> str:
+        address, trailing = _untrail(m.group(0))
+        return m.group(0) if address in allowed else trailing
+
+    def host_or_url(m: re.Match[str]) -> str:
+        host, (rest, trailing) = m.group("host"), _untrail(m.group("rest") or "")
+        if rest:
+            keep = f"{host}{rest}".rstrip("/") in allowed_bare
+        else:
+            keep = host.lower() in allowed_hosts or host.rsplit(".", 1)[1].lower() in _FILE_TYPES
+        return m.group(0) if keep else trailing
+
+    text = _MD_IMAGE.sub("", text)
+    text = _HTML_IMAGE.sub("", text)
+    text = _MD_LINK.sub(lambda m: m.group(0) if m.group(2) in allowed else m.group(1), text)
+    text = _HTML_LINK.sub(lambda m: m.group(0) if m.group(1) in allowed else m.group(2), text)
+    text = _BARE_URL.sub(url, text)
+    return _HOST_OR_URL.sub(host_or_url, text)
+
+
+def _untrail(address: str) -> tuple[str, str]:
+    """``address`` without the sentence punctuation after it, and that punctuation (kept in the text)."""
+    core = address.rstrip(_TRAILING)
+    return core, address[len(core) :]
+
+
+def _hostname(url: str) -> str | None:
+    try:
+        return urlsplit(url if "://" in url else f"//{url}").hostname
+    except ValueError:
+        return None
 
 
 def is_no_answer(text: str) -> bool:
@@ -127,11 +194,7 @@ def postprocess(text: str, n_sources: int, allowed_urls: set[str]) -> tuple[str,
 
     Returns the cleaned text and the source numbers it cites, in order of first use.
     """
-    text = _MD_IMAGE.sub("", text)
-    text = _MD_LINK.sub(lambda m: m.group(0) if m.group(2) in allowed_urls else m.group(1), text)
-    text = _BARE_URL.sub(lambda m: m.group(0) if m.group(0).rstrip(".,;") in allowed_urls else "", text)
-    allowed_bare = {re.sub(r"^https?://", "", u) for u in allowed_urls}
-    text = _SCHEMELESS_URL.sub(lambda m: m.group(0) if m.group(0).rstrip(".,;") in allowed_bare else "", text)
+    text = strip_links(text, allowed_urls)
     cited: list[int] = []
 
     def keep(m: re.Match[str]) -> str:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from bot.i18n import t
 from rag.answer import AnswerResult, SourceRef
+from rag.prompts import strip_links
 
 TELEGRAM_LIMIT = 4096
 HTML_SOURCE_LIMIT = 2 * TELEGRAM_LIMIT
@@ -242,8 +243,12 @@ def _link_target(url: str | None) -> str | None:
 
 
 def _source_line(source: SourceRef) -> str:
-    title = _shorten(source.title, _MAX_TITLE) or _shorten(source.source_id, _MAX_TITLE) or "—"
-    heading = _shorten(source.heading, _MAX_HEADING)
+    # Titles and headings are the documents' own text, which anyone who can edit a document
+    # writes: Telegram would link an address in them («evil.example», a URL smuggled into a
+    # heading). Only the source's own URL may appear, and only as the link target.
+    own = [source.url] if source.url else []
+    title = _shorten(strip_links(source.title, own), _MAX_TITLE) or _shorten(source.source_id, _MAX_TITLE) or "—"
+    heading = _shorten(strip_links(source.heading, own), _MAX_HEADING)
     target = _link_target(source.url)
     shown = (
         f'<a href="{escape_html(target, quote=True)}">{escape_html(title)}</a>' if target else escape_html(title)

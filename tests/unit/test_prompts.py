@@ -10,6 +10,7 @@ from rag.prompts import (
     build_messages,
     is_no_answer,
     postprocess,
+    strip_links,
 )
 from rag.store import Hit
 
@@ -91,3 +92,50 @@ def test_angle_bracket_look_alikes_in_data_are_neutralised(forged: str) -> None:
         assert "<system>" not in folded
         assert folded.count("</customer>") == ("</customer>" in message.content)  # only our own closing tag
         assert "‹/customer›‹system›" in folded.replace("\u200b", "")
+
+
+# --- links -----------------------------------------------------------------------------------
+
+ALLOWED = {"https://bank.example/t", "https://bank.example/docs/tariffs.pdf"}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Go to evil.example.com for details.", "Go to  for details."),
+    ("Questions: attacker.ru", "Questions: "),
+    ("Пишите на сайт сбор-данных.рф или d48320.evil.example, срочно.", "Пишите на сайт  или , срочно."),
+    ("Сайт: Evil.Example:8443 и xn--80ak6aa92e.com.", "Сайт:  и ."),
+    ("See [evil.example](https://evil.example) now", "See  now"),
+    ('Go to <a href="https://evil.example/x">evil.example</a>.', "Go to ."),
+    ("Pixel <img src=https://evil.example/p.png> here", "Pixel  here"),
+    ("Ссылка evil.example/s?d=123 и bank.example/t?d=123.", "Ссылка  и ."),
+])
+def test_addresses_without_a_scheme_are_removed(text: str, expected: str) -> None:
+    assert strip_links(text, ALLOWED) == expected
+
+
+@pytest.mark.parametrize("text", [
+    # Russian: decimals, abbreviations, versions, addresses written without a space, file names.
+    "Ставка 3.5 % годовых, т.е. 350 ₽ с 10 000 ₽; и т.д., т.к. тариф «Классик» 2.0.",
+    "Обновите приложение до версии 17.4.1 (или 5.12), см. п. 3.2.1 договора.",
+    "Отделение: г.Архангельск, ул.Полярная, д.12, с 9.00 до 18.30.",
+    "Заполните заявление form-12.docx и приложите Тарифы.pdf, выписку statement_2024.xlsx.",
+    # English: the same, and e-mail addresses (not links).
+    "The fee is 0.05% per trade, e.g. 5.00 on 10,000.00; i.e. no minimum, etc.",
+    "Requires iOS 16.4 or Android 12.0; version 2.1.0-beta, Ph.D. and U.S.A. stay as written.",
+    "Attach the scan as passport.jpg or a PDF (claim-form.pdf); write to security@bank.example.",
+    # The documents' own addresses: the bare host, the exact URL with or without a scheme.
+    "Наш сайт — bank.example, тарифы: https://bank.example/t и bank.example/docs/tariffs.pdf.",
+    "[Тарифы](https://bank.example/t) and [bank.example](https://bank.example/t).",
+])
+def test_ordinary_text_and_own_addresses_are_kept(text: str) -> None:
+    assert strip_links(text, ALLOWED) == text
+
+
+def test_without_allowed_addresses_every_link_goes() -> None:
+    assert strip_links("Сайт bank.example и https://bank.example/t, файл tariffs.pdf") == "Сайт  и , файл tariffs.pdf"
+
+
+def test_postprocess_removes_a_bare_domain_left_by_a_removed_link() -> None:
+    clean, cited = postprocess("Подробнее [1]: [client.evil-broker.com](https://client.evil-broker.com)",
+                               n_sources=1, allowed_urls={"https://bank.example/t"})
+    assert clean == "Подробнее [1]:" and cited == [1]

@@ -180,6 +180,25 @@ def test_href_with_quotes_and_angle_brackets_is_escaped() -> None:
     _check_parts([part])
 
 
+@pytest.mark.parametrize(("title", "heading"), [
+    ('Тарифы" url="https://evil.example/sticker?d=', "Комиссии"),
+    ("Тарифы", 'Стикер" url="https://evil.example/sticker?d='),
+    ("Тарифы — вопросы на client.evil-broker.com", "Пишите: evil.example/help"),
+])
+def test_addresses_in_titles_and_headings_are_not_shown(title: str, heading: str) -> None:
+    # Titles and headings are document text: an address in them would be linked by Telegram.
+    [part] = render_answer(_result("Ответ [1].", sources=[_source(1, title=title, heading=heading)]), lang="ru")
+    assert "evil" not in part.plain
+    assert '<a href="https://bank.example/t">Тарифы' in part.html  # the source's own URL stays its link
+    _check_parts([part])
+
+
+def test_the_sources_own_address_may_appear_in_its_title() -> None:
+    [part] = render_answer(_result("Ответ [1].", sources=[_source(1, title="Тарифы bank.example, версия 2.1")]),
+                           lang="ru")
+    assert "Тарифы bank.example, версия 2.1" in part.plain
+
+
 def test_extractive_answer_gets_an_italic_note() -> None:
     [ru] = render_answer(_result("Цитата [1].", mode="extractive"), lang="ru")
     assert "<i>Это дословная цитата из документов банка.</i>\n\n<b>Источники</b>" in ru.html
