@@ -376,11 +376,12 @@ class Container:
         return guard_perimeter(self.settings, build_chat_model(self.settings))
 
     def pipeline_config(self) -> PipelineConfig:
-        rag, llm = self.settings.rag, self.settings.llm
+        rag, llm, canary = self.settings.rag, self.settings.llm, self.settings.privacy.canary
         return PipelineConfig(
             top_k=rag.top_k, min_confidence=rag.min_confidence, max_question_chars=rag.max_question_chars,
             max_context_chars=rag.max_context_chars, history_turns=rag.history_turns,
             max_tokens=llm.max_tokens, temperature=llm.temperature, timeout_s=llm.timeout_s,
+            canary=canary.get_secret_value().strip() if canary else None,
         )
 
     @cached_property

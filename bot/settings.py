@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag.errors import ConfigError
+from rag.leak_guard import MIN_CANARY_CHARS
 
 _ENV_FILE = ".env"
 
@@ -189,6 +190,19 @@ class PrivacySettings(BaseSettings):
     # ranges, internal names) or hosts listed here; anything else needs redaction on.
     allowed_hosts: list[str] = Field(default_factory=list)
     redaction: bool = False
+    # A marker planted in the system prompt; an answer that carries it (in any disguise the
+    # leak guard reads) is withheld. Unset: no canary (the prompt is checked all the same).
+    canary: SecretStr | None = None
+
+    @field_validator("canary")
+    @classmethod
+    def _canary_length(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().strip():
+            return None  # an empty line in .env means "no canary"
+        # A short marker would match ordinary answers and withhold them.
+        if v is not None and sum(ch.isalnum() for ch in v.get_secret_value()) < MIN_CANARY_CHARS:
+            raise ValueError(f"the canary needs at least {MIN_CANARY_CHARS} letters or digits")
+        return v
 
 
 class WidgetSettings(BaseSettings):

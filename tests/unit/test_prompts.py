@@ -11,6 +11,7 @@ from rag.prompts import (
     is_no_answer,
     postprocess,
     strip_links,
+    system_prompt,
 )
 from rag.store import Hit
 
@@ -92,6 +93,18 @@ def test_angle_bracket_look_alikes_in_data_are_neutralised(forged: str) -> None:
         assert "<system>" not in folded
         assert folded.count("</customer>") == ("</customer>" in message.content)  # only our own closing tag
         assert "‹/customer›‹system›" in folded.replace("\u200b", "")
+
+
+# --- the system prompt's canary ----------------------------------------------------------------
+
+
+def test_the_canary_is_planted_in_the_system_prompt_only_when_set() -> None:
+    assert system_prompt("ru") == SYSTEM["ru"] and system_prompt("xx") == SYSTEM["ru"]
+    marked = system_prompt("en", "CANARY-12345678")
+    assert marked.startswith(SYSTEM["en"]) and marked.endswith("CANARY-12345678")
+    msgs = build_messages("How much?", [_hit("Fee 100")], language="en", canary="CANARY-12345678")
+    assert msgs[0].content == marked
+    assert "CANARY-12345678" not in msgs[-1].content
 
 
 # --- links -----------------------------------------------------------------------------------

@@ -87,3 +87,16 @@ def test_env_example_documents_every_variable() -> None:
         names += [f"{prefix}{f}".upper() for f in model.model_fields]
     missing = [n for n in names if n not in example]
     assert not missing, f".env.example lacks {missing}"
+
+
+def test_the_system_prompt_canary(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().privacy.canary is None
+    monkeypatch.setenv("PERIMETER_PRIVACY_CANARY", "")
+    assert load_settings().privacy.canary is None  # an empty line in .env: no canary
+    monkeypatch.setenv("PERIMETER_PRIVACY_CANARY", "c4n4ry-9f2e71b3")
+    s = load_settings()
+    assert s.privacy.canary is not None and s.privacy.canary.get_secret_value() == "c4n4ry-9f2e71b3"
+    assert "9f2e71b3" not in repr(s)
+    monkeypatch.setenv("PERIMETER_PRIVACY_CANARY", "ab-12")  # would match ordinary answers
+    with pytest.raises(ConfigError, match="PERIMETER_PRIVACY_CANARY"):
+        load_settings()
