@@ -173,7 +173,9 @@ def build_router(customers: ConversationService, operators: OperatorService) -> 
         await customers.command(event_id, sender_of(message.from_user, message.chat.id), "unsupported")
 
     # --- buttons ---------------------------------------------------------------------------------
-    @router.callback_query(F.data.regexp(r"^(claim|resolve|draft):\d+$"))
+    # Ids are at most 18 ASCII digits (\d would also take '٣'): a longer one cannot be a row's id and
+    # overflows the database's BIGINT, so such data falls through to stale_button like any stale button.
+    @router.callback_query(F.data.regexp(r"^(claim|resolve|draft):[0-9]{1,18}$"))
     async def operator_button(query: CallbackQuery, event_id: int) -> None:
         assert query.data is not None
         if not from_operator(query.from_user):
@@ -197,7 +199,7 @@ def build_router(customers: ConversationService, operators: OperatorService) -> 
         else:
             await _answer_callback(query, outcome.refusal, alert=True)
 
-    @router.callback_query(F.data.regexp(r"^(fb:\d+:-?1|op:\d+|help:\d+)$"))
+    @router.callback_query(F.data.regexp(r"^(fb:[0-9]{1,18}:-?1|op:[0-9]{1,18}|help:[0-9]{1,18})$"))
     async def customer_button(query: CallbackQuery, event_id: int) -> None:
         assert query.data is not None
         chat_id = query.message.chat.id if query.message is not None else query.from_user.id

@@ -4,6 +4,7 @@ them off, feeding each to aiogram's dispatcher through ``telegram_handler``."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -45,12 +46,53 @@ def chat_key(payload: dict[str, Any]) -> str | None:
     return None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text.replace("\x00", ""))
+
+
+def clean_strings(payload: Any) -> Any:
+    """The update with every string (keys too) storable: NULs dropped, lone surrogates made U+FFFD.
+
+    Both are valid in JSON (``\\u0000``, ``\\ud800``) but not in what is stored from an update:
+    PostgreSQL's text cannot hold U+0000, and a lone surrogate cannot be encoded as UTF-8 at all,
+    so a message or a name with one would fail every attempt and its customer never hear back.
+    Changes the parsed update in place, without recursion (an update may nest as deep as JSON can).
+    """
+    if isinstance(payload, str):
+        return _clean(payload)
+    stack: list[Any] = [payload]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            items = list(node.items())
+            node.clear()  # re-filled in order, under the cleaned keys
+            for key, value in items:
+                node[_clean(key) if isinstance(key, str) else key] = _clean_leaf(value, stack)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                node[i] = _clean_leaf(value, stack)
+    return payload
+
+
+def _clean_leaf(value: Any, stack: list[Any]) -> Any:
+    """A string cleaned; a container queued for ``clean_strings`` to visit."""
+    if isinstance(value, str):
+        return _clean(value)
+    if isinstance(value, dict | list):
+        stack.append(value)
+    return value
+
+
 class TelegramInbox:
     def __init__(self, db: Database, *, clock: Callable[[], datetime]) -> None:
         self._db, self._clock = db, clock
 
     def store_in(self, conn: Connection, payload: dict[str, Any]) -> bool:
         update_id = validate_update(payload)
+        payload = clean_strings(payload)
         return InboundEventRepository(conn).add(SOURCE, str(update_id), chat_key(payload), payload, self._clock())
 
     def store(self, payload: Any) -> bool:
