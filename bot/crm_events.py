@@ -43,6 +43,14 @@ log = logging.getLogger(__name__)
 
 parse_php_form = parse_amo_webhook  # Bitrix24 events use the same PHP-style nested form keys
 
+# Events are stored under ``inbound_events.key`` String(128) and ``chat_key`` String(64): PostgreSQL
+# refuses longer values (SQLite does not check), which would turn an event into a 503 that the CRM
+# retries for ever. A sender's id longer than any real one is refused (400) where it is read; a chat
+# key is hashed when the source's prefix makes it too long (it only orders a chat's events).
+MAX_ID_LENGTH = 64
+MAX_KEY_LENGTH = 128
+MAX_CHAT_KEY_LENGTH = 64
+
 
 @dataclass(frozen=True)
 class CrmEvent:
@@ -53,8 +61,13 @@ class CrmEvent:
     text: str | None = None
     deal_id: str | None = None
 
+    def __post_init__(self) -> None:
+        if len(self.key) > MAX_KEY_LENGTH:
+            raise InputError(f"the event's key is longer than {MAX_KEY_LENGTH} characters")
+
     def chat_key(self) -> str:
-        return f"{self.source}:{self.customer.get('crm_id') or self.customer.get('phone') or self.key}"
+        key = f"{self.source}:{self.customer.get('crm_id') or self.customer.get('phone') or self.key}"
+        return key if len(key) <= MAX_CHAT_KEY_LENGTH else f"{self.source}:#{_fingerprint(key)}"
 
     def payload(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,25 +77,45 @@ def _fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()[:40]
 
 
+def _group(value: Any) -> dict[str, Any]:
+    """A nested part of a PHP-style form, or {} where the sender put a value or a list instead."""
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str:
+    """A form value, or "" where the sender put a group instead."""
+    return value if isinstance(value, str) else ""
+
+
+def _number(value: str) -> bool:
+    return value.isascii() and value.isdigit()  # not '²' or '٣', which isdigit() also accepts
+
+
+def _id(value: str, what: str) -> str:
+    if len(value) > MAX_ID_LENGTH:
+        raise InputError(f"{what}: at most {MAX_ID_LENGTH} characters")
+    return value
+
+
 def bitrix24_events(pairs: Iterable[tuple[str, str]]) -> list[CrmEvent]:
     """The events in one Bitrix24 POST (Bitrix24 sends no event id: the content is the key)."""
     form = parse_php_form(list(pairs))
-    name = str(form.get("event", "")).upper()
-    data = form.get("data") or {}
+    name = _text(form.get("event")).upper()
+    data = _group(form.get("data"))
     if name == "ONIMBOTMESSAGEADD":
-        params = data.get("PARAMS") or {}
-        text = str(params.get("MESSAGE") or "").strip()
-        contact = _bitrix_contact(str(params.get("CHAT_ENTITY_DATA_1") or ""),
-                                  str(params.get("CHAT_ENTITY_DATA_2") or ""))
+        params = _group(data.get("PARAMS"))
+        text = _text(params.get("MESSAGE")).strip()
+        contact = _bitrix_contact(_text(params.get("CHAT_ENTITY_DATA_1")), _text(params.get("CHAT_ENTITY_DATA_2")))
         if not text or contact is None:
             return []
-        key = str(params.get("MESSAGE_ID") or _fingerprint(name, params))
-        return [CrmEvent("bitrix24", "message", f"msg:{key}", {"crm_id": contact}, text)]
+        key = _id(_text(params.get("MESSAGE_ID")) or _fingerprint(name, params), "MESSAGE_ID")
+        return [CrmEvent("bitrix24", "message", f"msg:{key}", {"crm_id": _id(contact, "contact id")}, text)]
     if name == "ONCRMDEALUPDATE":
-        deal = str((data.get("FIELDS") or {}).get("ID") or "")
-        if not deal.isdigit():
+        deal = _text(_group(data.get("FIELDS")).get("ID"))
+        if not _number(deal):
             return []
-        return [CrmEvent("bitrix24", "deal_stage", f"deal:{deal}:{form.get('ts', '')}", {}, None, deal)]
+        deal = _id(deal, "deal id")
+        return [CrmEvent("bitrix24", "deal_stage", f"deal:{deal}:{_text(form.get('ts'))}", {}, None, deal)]
     return []
 
 
@@ -90,7 +123,7 @@ def _bitrix_contact(*entity_data: str) -> str | None:
     for raw in entity_data:
         parts = raw.split("|")
         for i, part in enumerate(parts[:-1]):
-            if part.upper() == "CONTACT" and parts[i + 1].isdigit() and parts[i + 1] != "0":
+            if part.upper() == "CONTACT" and _number(parts[i + 1]) and parts[i + 1] != "0":
                 return parts[i + 1]
     return None
 
@@ -99,17 +132,17 @@ def amocrm_events(pairs: Iterable[tuple[str, str]]) -> tuple[list[CrmEvent], dic
     """The events in one amo webhook, and its ``account`` part (checked by the edge)."""
     form = parse_amo_webhook(list(pairs))
     events: list[CrmEvent] = []
-    for message in _items((form.get("message") or {}).get("add")):
-        text, contact = str(message.get("text") or "").strip(), str(message.get("contact_id") or "")
-        if text and contact.isdigit():
-            key = str(message.get("id") or _fingerprint(message))
-            events.append(CrmEvent("amocrm", "message", f"msg:{key}", {"crm_id": contact}, text))
-    for lead in _items((form.get("leads") or {}).get("status")):
-        lead_id = str(lead.get("id") or "")
-        if lead_id.isdigit():
-            key = f"lead:{lead_id}:{lead.get('status_id', '')}:{lead.get('last_modified', '')}"
+    for message in _items(_group(form.get("message")).get("add")):
+        text, contact = _text(message.get("text")).strip(), _text(message.get("contact_id"))
+        if text and _number(contact):
+            key = _id(_text(message.get("id")) or _fingerprint(message), "message id")
+            events.append(CrmEvent("amocrm", "message", f"msg:{key}", {"crm_id": _id(contact, "contact_id")}, text))
+    for lead in _items(_group(form.get("leads")).get("status")):
+        lead_id = _text(lead.get("id"))
+        if _number(lead_id):
+            key = f"lead:{_id(lead_id, 'lead id')}:{_text(lead.get('status_id'))}:{_text(lead.get('last_modified'))}"
             events.append(CrmEvent("amocrm", "deal_stage", key, {}, None, lead_id))
-    return events, dict(form.get("account") or {})
+    return events, _group(form.get("account"))
 
 
 def _items(value: Any) -> list[dict[str, Any]]:
@@ -132,6 +165,8 @@ def generic_event(body: Mapping[str, Any]) -> CrmEvent:
     if not isinstance(raw_customer, dict):
         raise InputError("customer: an object")
     customer = {k: str(raw_customer[k]) for k in ("crm_id", "phone", "email") if raw_customer.get(k)}
+    if "crm_id" in customer:
+        _id(customer["crm_id"], "customer.crm_id")
     if "phone" in customer:
         phone = normalize_phone(customer["phone"])
         if phone is None:
