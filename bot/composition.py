@@ -628,7 +628,8 @@ class Container:
             generic_secret=_secret(crm.webhook_secret),
         )
         return [widget_router(self.widget, self.session_signer, entries,
-                              frame_ancestors=" ".join(["'self'", *s.widget.frame_ancestors]), cost=s.cost),
+                              frame_ancestors=" ".join(["'self'", *s.widget.frame_ancestors]), cost=s.cost,
+                              max_body_bytes=s.http.max_body_bytes),
                 crm_router(hooks)]
 
     def webhook_ingress(self) -> WebhookIngress | None:

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
@@ -61,8 +62,11 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"ok": False, "error": message}, status_code=status)
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None past ``limit`` bytes (read no further than that)."""
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None past ``limit`` bytes (read no further than that).
+
+    Streamed and counted, so a huge or never-ending body is refused as soon as it passes the
+    limit instead of being held in memory (or holding the request open) until it ends."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         return None
@@ -73,6 +77,37 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    """The body as JSON, or ValueError for anything that is not strictly JSON.
+
+    Python's json accepts NaN and ±Infinity, which are not JSON: stored again they become bare
+    tokens that PostgreSQL's json type refuses, so they are refused here. Deep nesting makes the
+    parser raise RecursionError (not a ValueError): also a body that is not acceptable JSON.
+    """
+    try:
+        return json.loads(body, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 without each error's ``input`` and ``ctx``: echoing the input back leaks customer
+    text into error bodies, and a NaN or a lone surrogate in it cannot even be rendered (a 500)."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"type": e.get("type", ""), "loc": list(e.get("loc", ())), "msg": e.get("msg", "")}
+              for e in exc.errors()]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+async def _input_error(_request: Request, exc: Exception) -> JSONResponse:
+    """A request that the service refuses (``InputError`` from below the routes) is the client's 400."""
+    return JSONResponse({"detail": str(exc)[:500]}, status_code=400)
 
 
 def create_app(*, webhook: WebhookIngress | None, on_shutdown: Callable[[], Awaitable[None]] | None = None,
@@ -91,6 +126,8 @@ def create_app(*, webhook: WebhookIngress | None, on_shutdown: Callable[[], Awai
 
     app = FastAPI(title="Perimeter", version="0.1.0", lifespan=lifespan,
                   description="Self-hosted support assistant: webhooks, health and (soon) the CRM widget.")
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(InputError, _input_error)
 
     for router in routers:
         app.include_router(router)
@@ -127,12 +164,12 @@ def create_app(*, webhook: WebhookIngress | None, on_shutdown: Callable[[], Awai
                 peer = request.client.host if request.client else "?"
                 log.warning("webhook request with a wrong secret from %s", peer)
                 return _error(403, "wrong secret token")
-            body = await _read_body(request, webhook.max_body_bytes)
+            body = await read_body(request, webhook.max_body_bytes)
             if body is None:
                 return _error(413, f"body larger than {webhook.max_body_bytes} bytes")
             try:
-                payload = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
+                payload = parse_json(body)
+            except ValueError:  # UnicodeDecodeError is one
                 return _error(400, "body is not JSON")
             try:
                 stored = await webhook.accept(payload)

@@ -28,10 +28,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from bot.crm_events import CrmEvent, amocrm_events, bitrix24_events, generic_event
+from bot.crm_events import MAX_ID_LENGTH, CrmEvent, amocrm_events, bitrix24_events, generic_event
 from bot.storage.database import Database
 from bot.storage.events import InboundEventRepository
 from bot.storage.tables import inbound_events
+from bot.web.app import parse_json, read_body
 from bot.web.auth import AuthError, verify_signed_webhook
 from rag.errors import InputError
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 class GenericCustomer(BaseModel):
-    crm_id: str | None = Field(default=None, description="The customer's id in your system")
+    crm_id: str | None = Field(default=None, max_length=MAX_ID_LENGTH, description="The customer's id in your system")
     phone: str | None = Field(default=None, description="Any common spelling; matched as digits")
     email: str | None = None
 
@@ -63,6 +64,28 @@ class GenericEventStatus(BaseModel):
     status: Literal["pending", "processing", "done", "failed"]
     result: dict[str, Any] | None = Field(default=None, description="suggestion, sources, escalate, reason, note_id")
     error: str | None = None
+
+
+def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its ``#/$defs/X`` references replaced by the definitions.
+
+    In an OpenAPI document a local ``$ref`` resolves against the document's root, where a model's
+    own ``$defs`` are not: left as they are, they dangle (Swagger UI and fuzzers cannot read the body).
+    """
+    defs = schema.get("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return inline(defs[ref.removeprefix("#/$defs/")])
+        return {k: inline(v) for k, v in node.items() if k != "$defs"}
+
+    result: dict[str, Any] = inline(schema)
+    return result
 
 
 class CrmWebhooks:
@@ -101,14 +124,6 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"ok": False, "error": message}, status_code=status)
 
 
-async def _body(request: Request, limit: int) -> bytes | None:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
-    body = await request.body()
-    return None if len(body) > limit else body
-
-
 def crm_router(hooks: CrmWebhooks) -> APIRouter:
     router = APIRouter(tags=["crm"])
 
@@ -123,7 +138,7 @@ def crm_router(hooks: CrmWebhooks) -> APIRouter:
     if hooks.bitrix24_token:
         @router.post("/crm/bitrix24/events", include_in_schema=False)
         async def bitrix24(request: Request) -> JSONResponse:
-            body = await _body(request, hooks.max_body_bytes)
+            body = await read_body(request, hooks.max_body_bytes)
             if body is None:
                 return _error(413, "body too large")
             try:
@@ -138,8 +153,8 @@ def crm_router(hooks: CrmWebhooks) -> APIRouter:
                 return _error(403, "event from another portal")
             try:
                 events = bitrix24_events(pairs)
-            except InputError as exc:
-                return _error(400, str(exc))
+            except (ValueError, InputError) as exc:  # a form of another shape than Bitrix24's
+                return _error(400, str(exc) or "not a Bitrix24 event")
             return await store(events)
 
     if hooks.amocrm_secret:
@@ -147,7 +162,7 @@ def crm_router(hooks: CrmWebhooks) -> APIRouter:
         async def amocrm(secret: str, request: Request) -> JSONResponse:
             if not _same(secret, hooks.amocrm_secret):
                 return _error(404, "not found")  # the path is the credential: reveal nothing
-            body = await _body(request, hooks.max_body_bytes)
+            body = await read_body(request, hooks.max_body_bytes)
             if body is None:
                 return _error(413, "body too large")
             try:
@@ -173,12 +188,12 @@ def crm_router(hooks: CrmWebhooks) -> APIRouter:
                 "shared secret>`. The same `id` twice is handled once. A `message` is answered from the "
                 "knowledge base with the customer's context; fetch the result with GET /api/v1/events/{id}."),
             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                "schema": GenericEventIn.model_json_schema()}}}},
+                "schema": _inline_defs(GenericEventIn.model_json_schema())}}}},
             responses={401: {"description": "bad or stale signature"}, 400: {"description": "invalid event"},
                        413: {"description": "body too large"}, 503: {"description": "retry later"}},
         )
         async def generic(request: Request) -> JSONResponse:
-            body = await _body(request, hooks.max_body_bytes)
+            body = await read_body(request, hooks.max_body_bytes)
             if body is None:
                 return _error(413, "body too large")
             try:
@@ -187,7 +202,7 @@ def crm_router(hooks: CrmWebhooks) -> APIRouter:
             except AuthError as exc:
                 return _error(401, str(exc))
             try:
-                data = json.loads(body)
+                data = parse_json(body)  # NaN/Infinity and deep nesting are ValueErrors too
                 if not isinstance(data, dict):
                     raise InputError("an event is a JSON object")
                 GenericEventIn.model_validate(data)

@@ -9,11 +9,11 @@ authentication the answer is a 401 page that shows nothing. The API takes that t
 import html
 import logging
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, Field
 
@@ -22,7 +22,15 @@ from bot.widget import Authenticator, WidgetService
 
 log = logging.getLogger(__name__)
 
-STATIC = Path(__file__).parent / "static"
+STATIC = FilePath(__file__).parent / "static"
+
+# What the API answers besides 200 and 422, for its OpenAPI schema (clients and fuzzers read it).
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {401: {"description": "missing, invalid or expired session"}}
+BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **AUTH_RESPONSES, 400: {"description": "the body is not JSON"},
+    413: {"description": "body larger than PERIMETER_HTTP_MAX_BODY_BYTES"}}
+# A ticket id as the database stores it (BIGINT): past 2**63 - 1 SQLite cannot even bind it.
+TicketId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 class Question(BaseModel):
@@ -79,8 +87,10 @@ def _denied(frame_ancestors: str) -> HTMLResponse:
 
 
 def widget_router(service: WidgetService, signer: SessionSigner, authenticators: Mapping[str, Authenticator], *,
-                  frame_ancestors: str = "'self'", cost: Any = None) -> APIRouter:
-    router = APIRouter(prefix="/widget", tags=["widget"])
+                  frame_ancestors: str = "'self'", cost: Any = None, max_body_bytes: int | None = None) -> APIRouter:
+    # Every body here (the API's JSON, the Bitrix24 entry point's form) is counted as it streams and
+    # refused with a 413 past ``max_body_bytes`` (a declared Content-Length at once), before any parsing.
+    router = APIRouter(prefix="/widget", tags=["widget"], max_body_size=max_body_bytes)
 
     async def enter(vendor: str, params: Mapping[str, str]) -> HTMLResponse:
         authenticate = authenticators.get(vendor)
@@ -132,44 +142,45 @@ def widget_router(service: WidgetService, signer: SessionSigner, authenticators:
 
     Session = Annotated[WidgetSession, Depends(session_of)]
 
-    @router.get("/api/summary")
+    @router.get("/api/summary", responses=AUTH_RESPONSES)
     async def summary(session: Session) -> dict[str, Any]:
         """The customer of this session, their conversation with the bot and its open ticket."""
         return await service.summary(session)
 
-    @router.get("/api/suggestion")
+    @router.get("/api/suggestion", responses=AUTH_RESPONSES)
     async def suggestion(session: Session) -> dict[str, Any]:
         """A suggested reply to the customer's last message, with its sources."""
         return {"suggestion": await service.suggestion(session)}
 
-    @router.post("/api/ask")
+    @router.post("/api/ask", responses=BODY_RESPONSES)
     async def ask(body: Question, session: Session) -> dict[str, Any]:
         """Ask the knowledge base as an operator (operator-only documents allowed)."""
         return await service.ask(body.question)
 
-    @router.get("/api/queue")
+    @router.get("/api/queue", responses=AUTH_RESPONSES)
     async def queue(session: Session) -> dict[str, Any]:
         """Active tickets, longest waiting first."""
         return {"tickets": await service.queue()}
 
-    @router.post("/api/tickets/{ticket_id}/claim")
-    async def claim(ticket_id: int, session: Session) -> dict[str, Any]:
+    @router.post("/api/tickets/{ticket_id}/claim", responses=AUTH_RESPONSES)
+    async def claim(ticket_id: TicketId, session: Session) -> dict[str, Any]:
         return await service.claim(session, ticket_id)
 
-    @router.post("/api/tickets/{ticket_id}/reply")
-    async def reply(ticket_id: int, body: ReplyText, session: Session) -> dict[str, Any]:
+    @router.post("/api/tickets/{ticket_id}/reply", responses=BODY_RESPONSES)
+    async def reply(ticket_id: TicketId, body: ReplyText, session: Session) -> dict[str, Any]:
         return await service.reply(session, ticket_id, body.text, body.request_id)
 
-    @router.post("/api/tickets/{ticket_id}/resolve")
-    async def resolve(ticket_id: int, session: Session) -> dict[str, Any]:
+    @router.post("/api/tickets/{ticket_id}/resolve", responses=AUTH_RESPONSES)
+    async def resolve(ticket_id: TicketId, session: Session) -> dict[str, Any]:
         return await service.resolve(session, ticket_id)
 
-    @router.get("/api/report")
-    async def report(session: Session, days: Annotated[float, Query(gt=0, le=366)] = 7) -> dict[str, Any]:
+    @router.get("/api/report", responses=AUTH_RESPONSES)
+    async def report(session: Session, days: Annotated[float, Query(ge=1 / 1440, le=366)] = 7) -> dict[str, Any]:
         """The service's figures for the last ``days``: what `perimeter report` prints."""
+        # At least a minute: a tinier positive float (5e-324) is a zero timedelta, an empty period.
         return await service.report(days, cost)
 
-    @router.post("/api/note")
+    @router.post("/api/note", responses=BODY_RESPONSES)
     async def note(body: NoteText, session: Session) -> dict[str, Any]:
         """Write a text (the suggested reply) into the customer's CRM card as a note."""
         return await service.write_note(session, body.text)
