@@ -933,7 +933,7 @@ def report(out: dict[str, Any]) -> None:
          else "closed loop: each connection posts again as soon as it is answered"),
         ("service start-up to /healthz s", srv["startup_s"]),
         ("others' cores just before the run", out["machine"]["others_cores_before_run"]),
-        ("retrieval alone (idle, in-process) p50 / p95 ms", f"{kb['retrieve_ms']['p50']:.1f} / "
+        ("retrieval alone, in-process before the run, p50 / p95 ms", f"{kb['retrieve_ms']['p50']:.1f} / "
                                                             f"{kb['retrieve_ms']['p95']:.1f}"),
         ("→ bound through the one retrieval thread", f"{kb['serial_retrieval_bound_per_s']} answers/s"),
     ], title="Setup")
