@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from rag.prompts import strip_links
 from rag.store import Hit
 
 _HEADER = {
@@ -32,4 +33,7 @@ def extract_passage(text: str, max_chars: int = 700) -> str:
 
 def extractive_answer(hit: Hit, language: str, max_chars: int = 700) -> str:
     header = _HEADER.get(language, _HEADER["ru"]).format(title=hit.title)
-    return f"{header}\n\n{extract_passage(hit.text, max_chars)} [1]"
+    # A quoted passage or title may carry a link a poisoned document planted: the same filter
+    # as the model's answers, only the source's own address kept.
+    allowed = [hit.url] if hit.url else []
+    return strip_links(f"{header}\n\n{extract_passage(hit.text, max_chars)} [1]", allowed)
