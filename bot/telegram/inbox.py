@@ -20,30 +20,51 @@ from rag.errors import InputError
 SOURCE = "telegram"
 
 
+# Telegram's ids fit a signed 64-bit integer (the Bot API promises at most 52 significant
+# bits); anything longer is not from Telegram and would not fit the key columns either.
+_MAX_ID = 2**63 - 1
+
+
 def validate_update(payload: Any) -> int:
     """The update_id of a Bot API update, or InputError: the ingress answers 400 for it."""
     if not isinstance(payload, dict):
         raise InputError("an update is a JSON object")
     update_id = payload.get("update_id")
-    if not isinstance(update_id, int) or isinstance(update_id, bool) or update_id < 0:
-        raise InputError("update_id must be a non-negative integer")
+    if not isinstance(update_id, int) or not _is_id(update_id) or update_id < 0:
+        raise InputError("update_id must be a non-negative 64-bit integer")
     return update_id
 
 
 def chat_key(payload: dict[str, Any]) -> str | None:
-    """The chat an update belongs to; updates of one chat are handled one at a time, in order."""
+    """The chat an update belongs to; updates of one chat are handled one at a time, in order.
+
+    None when there is none or its id is not a Telegram id (aiogram then refuses the update
+    when it is handled, and it is recorded as failed with that reason)."""
     for kind in ("message", "edited_message", "business_message"):
-        chat = (payload.get(kind) or {}).get("chat") or {}
+        chat = _obj(_obj(payload.get(kind)).get("chat"))
         if "id" in chat:
-            return str(chat["id"])
-    callback = payload.get("callback_query") or {}
+            return _key(chat["id"])
+    callback = _obj(payload.get("callback_query"))
     if callback:
-        chat = ((callback.get("message") or {}).get("chat")) or {}
+        chat = _obj(_obj(callback.get("message")).get("chat"))
         if "id" in chat:
-            return str(chat["id"])
-        if "id" in (callback.get("from") or {}):
-            return str(callback["from"]["id"])
+            return _key(chat["id"])
+        sender = _obj(callback.get("from"))
+        if "id" in sender:
+            return _key(sender["id"])
     return None
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -_MAX_ID <= value <= _MAX_ID
+
+
+def _key(value: Any) -> str | None:
+    return str(value) if _is_id(value) else None
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

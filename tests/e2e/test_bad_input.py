@@ -433,15 +433,28 @@ async def test_a_broken_form_is_refused_with_a_4xx(svc: RunningService, case: tu
 
 async def test_update_ids_out_of_range(svc_db: RunningService) -> None:
     svc = svc_db
-    negative = await svc.post_update(message_update(1, user_id=CUSTOMER, text=CLASSIC) | {"update_id": -1})
-    assert negative.status_code == 400
-    for update_id in (2**63, 2**63 + 1, 2**64):
-        response = await svc.post_update(message_update(update_id, user_id=CUSTOMER, text=CLASSIC,
-                                                        message_id=update_id % 10_000))
-        assert response.status_code == 200, response.text
-    events = await assert_settled(svc)
-    assert sorted(int(e["key"]) for e in events) == [2**63, 2**63 + 1, 2**64]
+    # Telegram's ids fit 64 bits: anything else is not an update from Telegram.
+    for update_id in (-1, 2**63, 2**64, 10**200):
+        response = await svc.post_update(message_update(1, user_id=CUSTOMER, text=CLASSIC) | {"update_id": update_id})
+        assert response.status_code == 400, response.text
+        assert "64-bit" in response.text
+    largest = await svc.post_update(message_update(2**63 - 1, user_id=CUSTOMER, text=CLASSIC))
+    assert largest.status_code == 200, largest.text
+    (event,) = await assert_settled(svc)
+    assert int(event["key"]) == 2**63 - 1
     await svc.telegram.await_for(lambda m: m.chat_id == CUSTOMER and "99 ₽" in m.text)
+
+
+@pytest.mark.parametrize("chat_id", [2**70, "-100" + "9" * 300, [1, 2], {"id": 1}])
+async def test_a_chat_id_that_is_no_telegram_id_ends_failed_with_a_reason(svc_db: RunningService,
+                                                                          chat_id: object) -> None:
+    update = message_update(5, user_id=CUSTOMER, text=CLASSIC)
+    update["message"]["chat"]["id"] = chat_id
+    response = await svc_db.post_update(update)
+    no_5xx(response)
+    (event,) = await assert_settled(svc_db)
+    assert event["chat_key"] is None  # never a key longer than its column
+    assert event["status"] == "failed" and event["error"], event
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
