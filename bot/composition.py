@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from qdrant_client import QdrantClient
 from sqlalchemy import Engine
 
+from bot.arrivals import Arrivals
 from bot.settings import Settings
 from bot.storage.database import Database, create_db_engine, ensure_schema
 from bot.storage.tables import utcnow
@@ -537,7 +538,12 @@ class Container:
     def telegram_inbox(self) -> TelegramInbox:
         from bot.telegram.inbox import TelegramInbox
 
-        return TelegramInbox(self.db, clock=self.clock)
+        return TelegramInbox(self.db, clock=self.clock, arrivals=self.arrivals)
+
+    @cached_property
+    def arrivals(self) -> Arrivals:
+        """When this process received each update: a question's deadline starts there."""
+        return Arrivals()
 
     @cached_property
     def update_worker(self) -> EventWorker:
@@ -551,7 +557,7 @@ class Container:
 
         handlers: dict[str, Handler] = {source: self._crm_event for source in ("bitrix24", "amocrm", "generic")}
         if self.telegram_enabled:
-            handlers["telegram"] = telegram_handler(self.dispatcher, self.bot)
+            handlers["telegram"] = telegram_handler(self.dispatcher, self.bot, self.arrivals)
         chat = self.settings.chat
         return EventWorker(self.db, handlers, clock=self.clock, concurrency=chat.worker_concurrency,
                            lease_s=chat.lease_s, max_attempts=chat.max_attempts, on_failure=on_failure)

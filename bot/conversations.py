@@ -86,8 +86,11 @@ class ConversationService:
         self._usage = usage or UsageLog()
 
     # the customer's free text ------------------------------------------------------------------
-    async def handle_text(self, event_id: int, sender: Sender, text: str, *, typing: Typing | None = None) -> None:
-        deadline = self._pipeline.deadline_from_now()  # the CRM lookup spends the same budget
+    async def handle_text(self, event_id: int, sender: Sender, text: str, *, typing: Typing | None = None,
+                          received: float | None = None) -> None:
+        """``received``: when the message arrived (``time.monotonic()``), None for now; the
+        question's deadline counts from then, the wait in the inbox and the CRM lookup included."""
+        deadline = self._pipeline.deadline_from(received)
         turn = await self._tx(lambda c: self._receive(c, event_id, sender, text))
         if turn is None:
             return

@@ -109,9 +109,10 @@ class AnswerPipeline:
     def model(self) -> ChatModel | None:
         return self._model
 
-    def deadline_from_now(self) -> float:
-        """The deadline of a question whose handling starts now (see ``AnswerRequest.deadline``)."""
-        return time.monotonic() + self._cfg.timeout_s
+    def deadline_from(self, started: float | None = None) -> float:
+        """The deadline of a question that arrived at ``started`` (``time.monotonic()``; None:
+        now), see ``AnswerRequest.deadline``."""
+        return (time.monotonic() if started is None else started) + self._cfg.timeout_s
 
     def prepare_question(self, raw: str) -> str:
         question = normalize_text(raw or "").strip()
@@ -145,7 +146,7 @@ class AnswerPipeline:
 
     async def answer(self, request: AnswerRequest) -> AnswerResult:
         t0 = time.perf_counter()
-        deadline = request.deadline if request.deadline is not None else self.deadline_from_now()
+        deadline = request.deadline if request.deadline is not None else self.deadline_from()
         question = self.prepare_question(request.question)  # InputError before any waiting
         try:
             # The retrieval thread serves one question at a time: under load the wait for it

@@ -152,10 +152,10 @@ def build_router(customers: ConversationService, operators: OperatorService) -> 
                                 command.args or "")
 
     @router.message(F.chat.type == ChatType.PRIVATE, F.text)
-    async def customer_text(message: Message, bot: Bot, event_id: int) -> None:
+    async def customer_text(message: Message, bot: Bot, event_id: int, received: float | None = None) -> None:
         assert message.from_user is not None and message.text is not None
         await customers.handle_text(event_id, sender_of(message.from_user, message.chat.id), message.text,
-                                    typing=typing_indicator(bot, message.chat.id))
+                                    typing=typing_indicator(bot, message.chat.id), received=received)
 
     @router.message(F.chat.type == ChatType.PRIVATE, F.contact)
     async def customer_contact(message: Message, event_id: int) -> None:

@@ -13,6 +13,7 @@ from aiogram import Bot, Dispatcher
 from aiogram.types import Update
 from sqlalchemy.engine import Connection
 
+from bot.arrivals import Arrivals
 from bot.storage.database import Database
 from bot.storage.events import InboundEvent, InboundEventRepository
 from rag.errors import InputError
@@ -108,8 +109,8 @@ def _clean_leaf(value: Any, stack: list[Any]) -> Any:
 
 
 class TelegramInbox:
-    def __init__(self, db: Database, *, clock: Callable[[], datetime]) -> None:
-        self._db, self._clock = db, clock
+    def __init__(self, db: Database, *, clock: Callable[[], datetime], arrivals: Arrivals | None = None) -> None:
+        self._db, self._clock, self._arrivals = db, clock, arrivals
 
     def store_in(self, conn: Connection, payload: dict[str, Any]) -> bool:
         update_id = validate_update(payload)
@@ -118,13 +119,20 @@ class TelegramInbox:
 
     def store(self, payload: Any) -> bool:
         """Store an update (blocking; call from a worker thread). False for a duplicate."""
-        validate_update(payload)
-        return self._db.tx_sync(lambda c: self.store_in(c, payload))
+        update_id = validate_update(payload)
+        added = self._db.tx_sync(lambda c: self.store_in(c, payload))
+        if added and self._arrivals is not None:
+            self._arrivals.received(SOURCE, str(update_id))
+        return added
 
 
-def telegram_handler(dispatcher: Dispatcher, bot: Bot) -> Callable[[InboundEvent], Awaitable[None]]:
+def telegram_handler(
+    dispatcher: Dispatcher, bot: Bot, arrivals: Arrivals | None = None
+) -> Callable[[InboundEvent], Awaitable[None]]:
     async def handle(event: InboundEvent) -> None:
         update = Update.model_validate(event.payload, context={"bot": bot})
-        await dispatcher.feed_update(bot, update, event_id=event.id)
+        # ``received``: when this process stored the update (monotonic), for the question's deadline.
+        received = arrivals.take(event.source, event.key) if arrivals is not None else None
+        await dispatcher.feed_update(bot, update, event_id=event.id, received=received)
 
     return handle
