@@ -25,23 +25,23 @@ GENERATION_S = 0.3
 
 
 @pytest.fixture
-async def chat(fake_llm_server: FakeLLMServer) -> AsyncIterator[tuple[CircuitBreakerChat, ConcurrencyLimiter]]:
+async def chat(fake_llm_server: FakeLLMServer) -> AsyncIterator[tuple[CircuitBreakerChat, float]]:
     limiter = ConcurrencyLimiter(max_concurrent=1, max_queue=16)
     inner = OpenAICompatibleChat(httpx.AsyncClient(base_url=fake_llm_server.url), "fake-model", limiter)
     breaker = CircuitBreakerChat(inner, failure_threshold=1, reset_after_s=60)
     fake_llm_server.behaviour.first_token_delay_s = GENERATION_S
     # One answer teaches the limiter how long a generation holds the slot.
     await breaker.complete(MESSAGES, ChatOptions(timeout_s=5))
-    yield breaker, limiter
+    typical = limiter.typical_hold_s
+    assert typical is not None and typical >= GENERATION_S
+    yield breaker, typical
     await breaker.aclose()
 
 
 async def test_a_burst_beyond_capacity_is_refused_on_arrival_and_leaves_the_circuit_closed(
-    chat: tuple[CircuitBreakerChat, ConcurrencyLimiter],
+    chat: tuple[CircuitBreakerChat, float],
 ) -> None:
-    breaker, limiter = chat
-    typical = limiter.typical_hold_s
-    assert typical is not None and typical >= GENERATION_S
+    breaker, typical = chat
 
     # Eight questions at once, each with time for about three generations in a row.
     options = ChatOptions(timeout_s=3.2 * typical)
@@ -61,11 +61,9 @@ async def test_a_burst_beyond_capacity_is_refused_on_arrival_and_leaves_the_circ
 
 
 async def test_a_deadline_spent_in_the_queue_does_not_count_against_the_server(
-    chat: tuple[CircuitBreakerChat, ConcurrencyLimiter], fake_llm_server: FakeLLMServer,
+    chat: tuple[CircuitBreakerChat, float], fake_llm_server: FakeLLMServer,
 ) -> None:
-    breaker, limiter = chat
-    typical = limiter.typical_hold_s
-    assert typical is not None
+    breaker, typical = chat
     # One call is generating when a second arrives with time for its wait and about one
     # generation; then the server slows down, and the second is cut off mid-generation.
     first = asyncio.create_task(breaker.complete(MESSAGES, ChatOptions(timeout_s=10)))
@@ -81,11 +79,9 @@ async def test_a_deadline_spent_in_the_queue_does_not_count_against_the_server(
 
 
 async def test_a_stuck_server_still_opens_the_circuit(
-    chat: tuple[CircuitBreakerChat, ConcurrencyLimiter], fake_llm_server: FakeLLMServer,
+    chat: tuple[CircuitBreakerChat, float], fake_llm_server: FakeLLMServer,
 ) -> None:
-    breaker, limiter = chat
-    typical = limiter.typical_hold_s
-    assert typical is not None
+    breaker, typical = chat
     fake_llm_server.behaviour.hang = True
 
     with pytest.raises(ModelTimeout) as caught:

@@ -164,12 +164,17 @@ async def test_learns_how_long_a_call_holds_its_slot() -> None:
     assert limiter.typical_hold_s is not None and limiter.typical_hold_s >= 0.05
 
 
-async def test_a_caller_whose_turn_would_come_too_late_is_refused_on_arrival() -> None:
+async def trained(hold_s: float) -> tuple[ConcurrencyLimiter, float]:
+    """A one-slot limiter that has seen one call hold its slot for ``hold_s``, and its estimate."""
     limiter = ConcurrencyLimiter(max_concurrent=1, max_queue=10)
     async with limiter.slot(1):
-        await asyncio.sleep(0.05)
-    typical = limiter.typical_hold_s
-    assert typical is not None
+        await asyncio.sleep(hold_s)
+    assert limiter.typical_hold_s is not None
+    return limiter, limiter.typical_hold_s
+
+
+async def test_a_caller_whose_turn_would_come_too_late_is_refused_on_arrival() -> None:
+    limiter, typical = await trained(0.05)
     release = asyncio.Event()
     queued = [asyncio.create_task(hold(limiter, release, [], str(i))) for i in range(4)]
     await settle()
@@ -192,11 +197,7 @@ async def test_a_caller_whose_turn_would_come_too_late_is_refused_on_arrival() -
 
 
 async def test_a_wait_keeps_a_typical_calls_time_for_the_answer() -> None:
-    limiter = ConcurrencyLimiter(max_concurrent=1, max_queue=10)
-    async with limiter.slot(1):
-        await asyncio.sleep(0.1)
-    typical = limiter.typical_hold_s
-    assert typical is not None
+    limiter, typical = await trained(0.1)
     release = asyncio.Event()
     holder = asyncio.create_task(hold(limiter, release, [], "holder"))
     await settle()
