@@ -583,7 +583,7 @@ class Container:
                                  write_notes=self.settings.crm.write_notes, usage=self.usage)
 
     async def _crm_event(self, event: InboundEvent) -> None:
-        await self.crm_events.handle(event.id, event.payload)
+        await self.crm_events.handle(event.id, event.payload, received=self.arrivals.take(event.source, event.key))
 
     @cached_property
     def session_signer(self) -> SessionSigner:
@@ -628,7 +628,7 @@ class Container:
                 audience=s.widget.public_url, account_id=crm.amocrm_account_id)
         hooks = CrmWebhooks(
             self.db, clock=self.clock, on_stored=self.update_worker.notify, max_body_bytes=s.http.max_body_bytes,
-            bitrix24_application_token=_secret(crm.bitrix24_application_token),
+            arrivals=self.arrivals, bitrix24_application_token=_secret(crm.bitrix24_application_token),
             bitrix24_member_id=crm.bitrix24_member_id, amocrm_path_secret=_secret(crm.amocrm_webhook_secret),
             amocrm_account_id=crm.amocrm_account_id, amocrm_base_url=crm.amocrm_base_url,
             generic_secret=_secret(crm.webhook_secret),

@@ -198,10 +198,12 @@ class CrmEventProcessor:
         self._db, self._pipeline, self._crm, self._writer, self._write_notes = db, pipeline, crm, writer, write_notes
         self._usage = usage or UsageLog()
 
-    async def handle(self, event_id: int, payload: Mapping[str, Any]) -> None:
+    async def handle(self, event_id: int, payload: Mapping[str, Any], *, received: float | None = None) -> None:
+        """``received``: when the event arrived (``time.monotonic()``), None for now; a message's
+        deadline counts from then, the CRM lookup included."""
         event = CrmEvent(**payload)
         if event.kind == "message":
-            result = await self._message(event)
+            result = await self._message(event, self._pipeline.deadline_from(received))
         else:
             result = await self._deal_stage(event)
         await self._db.tx(lambda c: c.execute(
@@ -215,14 +217,14 @@ class CrmEventProcessor:
         return await self._crm.find_customer(Lookup(crm_id=c.get("crm_id"), phone=c.get("phone"),
                                                     email=c.get("email")))
 
-    async def _message(self, event: CrmEvent) -> dict[str, Any]:
+    async def _message(self, event: CrmEvent, deadline: float) -> dict[str, Any]:
         assert event.text is not None
         ref = await self._find(event)  # CrmUnavailable propagates: the worker retries the event
         context = await self._crm.context(ref) if (ref is not None and self._crm is not None) else None
         language = "en" if event.text.isascii() else "ru"
         result = await self._pipeline.answer(AnswerRequest(
             event.text, audience="customer",
-            customer_context=context_for_prompt(context, language) if context else None,
+            customer_context=context_for_prompt(context, language) if context else None, deadline=deadline,
         ))
         await self._db.tx(lambda c: self._usage.record(c, now=datetime.now(UTC), channel=f"crm:{event.source}",
                                                  audience="customer", result=result))

