@@ -34,7 +34,15 @@ from bot.storage.database import Database
 from bot.storage.tables import inbound_events
 from bot.usage import UsageLog
 from crm_adapters.amocrm import parse_amo_webhook
-from crm_adapters.base import CrmError, CrmReader, CrmWriter, CustomerRef, Lookup, normalize_phone
+from crm_adapters.base import (
+    CrmError,
+    CrmReader,
+    CrmWriter,
+    CustomerRef,
+    Lookup,
+    is_ascii_number,
+    normalize_phone,
+)
 from rag.answer import AnswerResult
 from rag.errors import InputError
 from rag.pipeline import AnswerPipeline, AnswerRequest
@@ -87,10 +95,6 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _number(value: str) -> bool:
-    return value.isascii() and value.isdigit()  # not '²' or '٣', which isdigit() also accepts
-
-
 def _id(value: str, what: str) -> str:
     if len(value) > MAX_ID_LENGTH:
         raise InputError(f"{what}: at most {MAX_ID_LENGTH} characters")
@@ -112,7 +116,7 @@ def bitrix24_events(pairs: Iterable[tuple[str, str]]) -> list[CrmEvent]:
         return [CrmEvent("bitrix24", "message", f"msg:{key}", {"crm_id": _id(contact, "contact id")}, text)]
     if name == "ONCRMDEALUPDATE":
         deal = _text(_group(data.get("FIELDS")).get("ID"))
-        if not _number(deal):
+        if not is_ascii_number(deal):
             return []
         deal = _id(deal, "deal id")
         return [CrmEvent("bitrix24", "deal_stage", f"deal:{deal}:{_text(form.get('ts'))}", {}, None, deal)]
@@ -123,7 +127,7 @@ def _bitrix_contact(*entity_data: str) -> str | None:
     for raw in entity_data:
         parts = raw.split("|")
         for i, part in enumerate(parts[:-1]):
-            if part.upper() == "CONTACT" and _number(parts[i + 1]) and parts[i + 1] != "0":
+            if part.upper() == "CONTACT" and is_ascii_number(parts[i + 1]) and parts[i + 1] != "0":
                 return parts[i + 1]
     return None
 
@@ -134,12 +138,12 @@ def amocrm_events(pairs: Iterable[tuple[str, str]]) -> tuple[list[CrmEvent], dic
     events: list[CrmEvent] = []
     for message in _items(_group(form.get("message")).get("add")):
         text, contact = _text(message.get("text")).strip(), _text(message.get("contact_id"))
-        if text and _number(contact):
+        if text and is_ascii_number(contact):
             key = _id(_text(message.get("id")) or _fingerprint(message), "message id")
             events.append(CrmEvent("amocrm", "message", f"msg:{key}", {"crm_id": _id(contact, "contact_id")}, text))
     for lead in _items(_group(form.get("leads")).get("status")):
         lead_id = _text(lead.get("id"))
-        if _number(lead_id):
+        if is_ascii_number(lead_id):
             key = f"lead:{_id(lead_id, 'lead id')}:{_text(lead.get('status_id'))}:{_text(lead.get('last_modified'))}"
             events.append(CrmEvent("amocrm", "deal_stage", key, {}, None, lead_id))
     return events, _group(form.get("account"))

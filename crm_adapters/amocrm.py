@@ -58,6 +58,7 @@ from crm_adapters.base import (
     Lookup,
     NewTask,
     Value,
+    is_ascii_number,
     normalize_phone,
 )
 from rag.errors import InputError
@@ -765,19 +766,13 @@ def _key_path(raw_key: str) -> list[str]:
     return [match.group(1), *_KEY_PART.findall(match.group(2))]
 
 
-def _is_index(key: str) -> bool:
-    """ASCII digits only: ``str.isdigit`` is also true for '²' or '٣', which ``int`` refuses or reads
-    as another number."""
-    return key.isascii() and key.isdigit()
-
-
 def _next_index(node: dict[str, Any]) -> str:
-    return str(max((int(k) for k in node if _is_index(k)), default=-1) + 1)
+    return str(max((int(k) for k in node if is_ascii_number(k)), default=-1) + 1)
 
 
 def _listify(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
-    if node and all(_is_index(key) for key in node):
+    if node and all(is_ascii_number(key) for key in node):
         return [_listify(node[key]) for key in sorted(node, key=int)]
     return {key: _listify(value) for key, value in node.items()}

@@ -186,6 +186,12 @@ class CrmWriter(Protocol):
         ...
 
 
+def is_ascii_number(value: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` is also true for '²' or '٣', which ``int`` refuses or
+    reads as another number, and which no CRM uses in an id or a form index."""
+    return value.isascii() and value.isdigit()
+
+
 def normalize_phone(raw: str) -> str | None:
     """Digits in international form, Russian numbers as 7XXXXXXXXXX; None if it is no phone.
 

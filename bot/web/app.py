@@ -58,7 +58,8 @@ class WebhookIngress:
         return stored
 
 
-def _error(status: int, message: str) -> JSONResponse:
+def error_response(status: int, message: str) -> JSONResponse:
+    """The webhooks' error body: ``{"ok": false, "error": ...}``."""
     return JSONResponse({"ok": False, "error": message}, status_code=status)
 
 
@@ -125,7 +126,7 @@ def create_app(*, webhook: WebhookIngress | None, on_shutdown: Callable[[], Awai
                 await on_shutdown()
 
     app = FastAPI(title="Perimeter", version="0.1.0", lifespan=lifespan,
-                  description="Self-hosted support assistant: webhooks, health and (soon) the CRM widget.")
+                  description="Self-hosted support assistant: webhooks, the CRM widget, health, metrics.")
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(InputError, _input_error)
 
@@ -158,26 +159,26 @@ def create_app(*, webhook: WebhookIngress | None, on_shutdown: Callable[[], Awai
         async def telegram_webhook(request: Request) -> JSONResponse:
             header = request.headers.get(SECRET_HEADER)
             if header is None:
-                return _error(401, "missing secret token")
+                return error_response(401, "missing secret token")
             if not webhook.authentic(header):
                 # The header value is never logged: it may be a guess at the secret.
                 peer = request.client.host if request.client else "?"
                 log.warning("webhook request with a wrong secret from %s", peer)
-                return _error(403, "wrong secret token")
+                return error_response(403, "wrong secret token")
             body = await read_body(request, webhook.max_body_bytes)
             if body is None:
-                return _error(413, f"body larger than {webhook.max_body_bytes} bytes")
+                return error_response(413, f"body larger than {webhook.max_body_bytes} bytes")
             try:
                 payload = parse_json(body)
             except ValueError:  # UnicodeDecodeError is one
-                return _error(400, "body is not JSON")
+                return error_response(400, "body is not JSON")
             try:
                 stored = await webhook.accept(payload)
             except InputError as exc:
-                return _error(400, str(exc))
+                return error_response(400, str(exc))
             except SQLAlchemyError as exc:
                 log.error("could not store an update, asking Telegram to retry: %s", type(exc).__name__)
-                return _error(503, "storage unavailable, retry later")
+                return error_response(503, "storage unavailable, retry later")
             return JSONResponse({"ok": True, "duplicate": not stored})
 
     return app

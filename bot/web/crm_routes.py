@@ -33,7 +33,7 @@ from bot.crm_events import MAX_ID_LENGTH, CrmEvent, amocrm_events, bitrix24_even
 from bot.storage.database import Database
 from bot.storage.events import InboundEventRepository
 from bot.storage.tables import inbound_events
-from bot.web.app import parse_json, read_body
+from bot.web.app import error_response, parse_json, read_body
 from bot.web.auth import AuthError, verify_signed_webhook
 from rag.errors import InputError
 
@@ -126,10 +126,6 @@ def _same(given: str | None, expected: str | None) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"ok": False, "error": message}, status_code=status)
-
-
 def crm_router(hooks: CrmWebhooks) -> APIRouter:
     router = APIRouter(tags=["crm"])
 
@@ -138,7 +134,7 @@ def crm_router(hooks: CrmWebhooks) -> APIRouter:
             stored = await run_in_threadpool(hooks.store, events)
         except SQLAlchemyError as exc:
             log.error("could not store CRM events, asking the sender to retry: %s", type(exc).__name__)
-            return _error(503, "storage unavailable, retry later")
+            return error_response(503, "storage unavailable, retry later")
         return JSONResponse({"ok": True, "stored": sum(stored), "duplicates": len(stored) - sum(stored)})
 
     if hooks.bitrix24_token:
@@ -146,40 +142,40 @@ def crm_router(hooks: CrmWebhooks) -> APIRouter:
         async def bitrix24(request: Request) -> JSONResponse:
             body = await read_body(request, hooks.max_body_bytes)
             if body is None:
-                return _error(413, "body too large")
+                return error_response(413, "body too large")
             try:
                 pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=2000)
             except (UnicodeDecodeError, ValueError):
-                return _error(400, "not a form")
+                return error_response(400, "not a form")
             form = dict(pairs)
             if not _same(form.get("auth[application_token]"), hooks.bitrix24_token):
                 log.warning("Bitrix24 event with a wrong application token refused")
-                return _error(401, "wrong application token")
+                return error_response(401, "wrong application token")
             if hooks.bitrix24_member_id and not _same(form.get("auth[member_id]"), hooks.bitrix24_member_id):
-                return _error(403, "event from another portal")
+                return error_response(403, "event from another portal")
             try:
                 events = bitrix24_events(pairs)
             except (ValueError, InputError) as exc:  # a form of another shape than Bitrix24's
-                return _error(400, str(exc) or "not a Bitrix24 event")
+                return error_response(400, str(exc) or "not a Bitrix24 event")
             return await store(events)
 
     if hooks.amocrm_secret:
         @router.post("/crm/amocrm/{secret}/events", include_in_schema=False)
         async def amocrm(secret: str, request: Request) -> JSONResponse:
             if not _same(secret, hooks.amocrm_secret):
-                return _error(404, "not found")  # the path is the credential: reveal nothing
+                return error_response(404, "not found")  # the path is the credential: reveal nothing
             body = await read_body(request, hooks.max_body_bytes)
             if body is None:
-                return _error(413, "body too large")
+                return error_response(413, "body too large")
             try:
                 events, account = amocrm_events(parse_qsl(body.decode("utf-8"), keep_blank_values=True,
                                                           max_num_fields=2000))
             except (UnicodeDecodeError, ValueError, InputError) as exc:
-                return _error(400, str(exc) or "not a form")
+                return error_response(400, str(exc) or "not a form")
             if hooks.amocrm_account_id and str(account.get("id", "")) != hooks.amocrm_account_id:
-                return _error(403, "event from another account")
+                return error_response(403, "event from another account")
             if hooks.amocrm_subdomain and str(account.get("subdomain", "")) != hooks.amocrm_subdomain:
-                return _error(403, "event from another account")
+                return error_response(403, "event from another account")
             return await store(events)
 
     if hooks.generic_secret:
@@ -201,12 +197,12 @@ def crm_router(hooks: CrmWebhooks) -> APIRouter:
         async def generic(request: Request) -> JSONResponse:
             body = await read_body(request, hooks.max_body_bytes)
             if body is None:
-                return _error(413, "body too large")
+                return error_response(413, "body too large")
             try:
                 verify_signed_webhook(body, request.headers.get("x-perimeter-timestamp"),
                                       request.headers.get("x-perimeter-signature"), secret)
             except AuthError as exc:
-                return _error(401, str(exc))
+                return error_response(401, str(exc))
             try:
                 data = parse_json(body)  # NaN/Infinity and deep nesting are ValueErrors too
                 if not isinstance(data, dict):
@@ -214,7 +210,7 @@ def crm_router(hooks: CrmWebhooks) -> APIRouter:
                 GenericEventIn.model_validate(data)
                 event = generic_event(data)
             except (ValueError, InputError) as exc:
-                return _error(400, str(exc)[:500])
+                return error_response(400, str(exc)[:500])
             response = await store([event])
             if response.status_code == 200:
                 duplicate = json.loads(bytes(response.body))["duplicates"] == 1
@@ -230,13 +226,13 @@ def crm_router(hooks: CrmWebhooks) -> APIRouter:
                 verify_signed_webhook(b"", request.headers.get("x-perimeter-timestamp"),
                                       request.headers.get("x-perimeter-signature"), secret)
             except AuthError as exc:
-                return _error(401, str(exc))
+                return error_response(401, str(exc))
             t = inbound_events
             row = await hooks.db.tx(lambda c: c.execute(
                 select(t.c.status, t.c.result, t.c.error).where(t.c.source == "generic", t.c.key == event_id[:128])
             ).first())
             if row is None:
-                return _error(404, "unknown event")
+                return error_response(404, "unknown event")
             return JSONResponse(GenericEventStatus(id=event_id, status=row.status, result=row.result,
                                                    error=row.error).model_dump())
 
