@@ -147,14 +147,13 @@ class AnswerPipeline:
     async def answer(self, request: AnswerRequest) -> AnswerResult:
         t0 = time.perf_counter()
         deadline = request.deadline if request.deadline is not None else self.deadline_from()
-        question = self.prepare_question(request.question)  # InputError before any waiting
         try:
             # The retrieval thread serves one question at a time: under load the wait for it
             # counts against the same deadline as the model.
             async with asyncio.timeout_at(_loop_time(deadline)):
                 got = await self._off_loop(self.retrieve, request)
         except TimeoutError:
-            language = request.language or _language(question)
+            language = request.language or _language(self.prepare_question(request.question))
             log.warning("no time left to search the knowledge base: the question goes to an operator")
             result = self._escalation(language, 0.0, REASON_MODEL_UNAVAILABLE, [])
             result.failure = DeadlineExceeded.code
