@@ -8,14 +8,17 @@ taken under a high ``others_cores`` figure with suspicion.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import multiprocessing as mp
 import os
 import platform
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -182,3 +185,39 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class HelperProcess:
+    """A function running in a spawned helper process (the fake Bot API and model servers), so
+    the fakes' CPU is not the measured process's: it sends one dict when ready, then answers
+    each command tuple sent by ``ask`` and stops on ``("stop",)``."""
+
+    def __init__(self, target: Callable[..., None], *args: Any, name: str, start_timeout_s: float = 90) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._lock = threading.Lock()
+        self._proc = ctx.Process(target=target, args=(child, *args), name=name, daemon=True)
+        self._proc.start()
+        if not self._conn.poll(start_timeout_s):
+            raise RuntimeError(f"{name} did not start within {start_timeout_s:g} s")
+        self.info: dict[str, Any] = self._conn.recv()
+
+    @property
+    def pid(self) -> int:
+        return int(self.info["pid"])
+
+    def ask(self, *cmd: Any) -> Any:
+        with self._lock:
+            self._conn.send(cmd)
+            if not self._conn.poll(60):
+                raise RuntimeError(f"the helper process did not answer {cmd[0]!r} within 60 s")
+            return self._conn.recv()
+
+    def stop(self) -> None:
+        if self._proc.is_alive():
+            with contextlib.suppress(OSError, EOFError, RuntimeError):
+                self.ask("stop")
+            self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout=10)

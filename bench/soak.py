@@ -45,14 +45,12 @@ import contextlib
 import itertools
 import json
 import math
-import multiprocessing as mp
 import os
 import random
 import re
 import shutil
 import signal
 import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -64,7 +62,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from _common import BENCH_DIR, CACHE_DIR, REPO, log, machine, print_machine
+from _common import BENCH_DIR, CACHE_DIR, REPO, HelperProcess, log, machine, print_machine
 from _common import table as md_table
 from telegram_ingress import (
     OPERATOR_CHAT,
@@ -159,39 +157,6 @@ def _fakes_main(conn: Connection, behaviour: dict[str, Any], log_path: str) -> N
         llm.stop()
         tg.stop()
         conn.send("stopped")
-
-
-class Fakes:
-    def __init__(self, behaviour: dict[str, Any], log_path: Path) -> None:
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._lock = threading.Lock()
-        self._proc = ctx.Process(target=_fakes_main, args=(child, behaviour, str(log_path)), name="soak-fakes",
-                                 daemon=True)
-        self._proc.start()
-        if not self._conn.poll(90):
-            raise RuntimeError("the fake Telegram / model servers did not start")
-        self.info: dict[str, Any] = self._conn.recv()
-
-    @property
-    def pid(self) -> int:
-        return int(self.info["pid"])
-
-    def ask(self, *cmd: Any) -> Any:
-        with self._lock:
-            self._conn.send(cmd)
-            if not self._conn.poll(60):
-                raise RuntimeError(f"the fakes did not answer {cmd[0]!r} within 60 s")
-            return self._conn.recv()
-
-    def stop(self) -> None:
-        if self._proc.is_alive():
-            with contextlib.suppress(OSError, EOFError, RuntimeError):
-                self.ask("stop")
-            self._proc.join(timeout=10)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(timeout=10)
 
 
 # --- the service, optionally with the model-call trace -----------------------------------------
@@ -525,7 +490,7 @@ class PhaseRun:
         self.data_dir = self.dir / "data"
         shutil.copytree(template, self.data_dir)
         self.trace_path = self.dir / "model_calls.jsonl"
-        self.fakes: Fakes | None = None
+        self.fakes: HelperProcess | None = None
         self.server: Server | None = None
         self.samples = Samples()
         self.sent: list[tuple[Any, ...]] = []  # every message the bot sent, in order
@@ -538,8 +503,9 @@ class PhaseRun:
         ttft = min(a.model_ttft, a.model_latency)
         pieces = len(re.findall(r"\s*\S+", MODEL_REPLY))
         tps = (pieces - 1) / (a.model_latency - ttft) if a.model_latency > ttft and pieces > 1 else None
-        self.fakes = Fakes({"reply": MODEL_REPLY, "first_token_delay_s": ttft, "tokens_per_second": tps},
-                           self.dir / "fakes.log")
+        self.fakes = HelperProcess(_fakes_main, {"reply": MODEL_REPLY, "first_token_delay_s": ttft,
+                                                 "tokens_per_second": tps}, str(self.dir / "fakes.log"),
+                                   name="soak-fakes")
         port = free_port()
         env = soak_env(self.data_dir, self.fakes.info, port, a)
         script = _TRACED_SERVE.format(pattern=MARKER_PATTERN, path=str(self.trace_path))

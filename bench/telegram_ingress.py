@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import multiprocessing as mp
 import os
 import random
 import re
@@ -52,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import BENCH_DIR, CACHE_DIR, REPO, fmt, log, machine, pct_ms, print_machine, table
+from _common import BENCH_DIR, CACHE_DIR, REPO, HelperProcess, fmt, log, machine, pct_ms, print_machine, table
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # tests.support: the fakes, the sample KB and the update builder
@@ -97,7 +96,7 @@ def _fakes_main(conn: Connection, reply: str, log_path: str) -> None:
     conn.send({"token": tg.token, "telegram_url": tg.url, "llm_url": llm.url, "pid": os.getpid()})
     try:
         while True:
-            cmd = conn.recv()
+            cmd, *_ = conn.recv()
             if cmd == "count":  # customer-facing messages sent so far
                 conn.send(sum(1 for m in list(tg.sent) if m.chat_id >= USER_BASE and m.method == "sendMessage"))
             elif cmd == "sent":
@@ -113,35 +112,6 @@ def _fakes_main(conn: Connection, reply: str, log_path: str) -> None:
         llm.stop()
         tg.stop()
         conn.send("stopped")
-
-
-class Fakes:
-    def __init__(self, log_path: Path) -> None:
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_fakes_main, args=(child, MODEL_REPLY, str(log_path)), name="bench-fakes",
-                                 daemon=True)
-        self._proc.start()
-        if not self._conn.poll(60):
-            raise RuntimeError("the fake Telegram / model servers did not start")
-        self.info: dict[str, Any] = self._conn.recv()
-
-    @property
-    def pid(self) -> int:
-        return int(self.info["pid"])
-
-    def ask(self, cmd: str) -> Any:
-        self._conn.send(cmd)
-        return self._conn.recv()
-
-    def stop(self) -> None:
-        if self._proc.is_alive():
-            with contextlib.suppress(OSError, EOFError):
-                self.ask("stop")
-            self._proc.join(timeout=10)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join()
 
 
 # --- CPU accounting ------------------------------------------------------------------------------
@@ -586,7 +556,9 @@ def summarize_ingress(jobs: list[Job], res: Results) -> dict[str, Any]:
 # --- phase 2: end to end ------------------------------------------------------------------------
 
 
-def wait_for_replies(fakes: Fakes, server: Server, expected: int, timeout_s: float, t0: float) -> dict[str, Any]:
+def wait_for_replies(
+    fakes: HelperProcess, server: Server, expected: int, timeout_s: float, t0: float
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     last_log, last_count, last_change = 0.0, -1, time.monotonic()
     while True:
@@ -813,7 +785,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         schema, db_url = create_pg_schema(args.pg_url)
         schemas.append(schema)
         log(f"PostgreSQL schema {schema}")
-    fakes: Fakes | None = None
+    fakes: HelperProcess | None = None
     server: Server | None = None
     out: dict[str, Any] = {"machine": info}
     try:
@@ -823,7 +795,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         kb = index_kb(data_dir, db_url)
         log(f"  indexed in {kb['index_s']} s; retrieval alone p50 {kb['retrieve_ms']['p50']:.1f} ms "
             f"(≤ {kb['serial_retrieval_bound_per_s']} answers/s through one retrieval thread)")
-        fakes = Fakes(work / "fakes.log")
+        fakes = HelperProcess(_fakes_main, MODEL_REPLY, str(work / "fakes.log"), name="bench-fakes")
         port = free_port()
         env = server_env(data_dir, fakes.info, port, db_url, args)
         log(f"starting `perimeter serve` on 127.0.0.1:{port}")
