@@ -163,26 +163,26 @@ def _module(source: str) -> tuple[ast.Module, _Literal]:
     tree = ast.parse(source)
     names: dict[str, Any] = {}
     literal = _Literal(names)
-    for stmt in tree.body:
+    names.update(_assignments(tree.body, literal))
+    return tree, literal
+
+
+def _assignments(body: list[ast.stmt], literal: _Literal) -> dict[str, Any]:
+    """``NAME = <literal>`` statements of ``body``; values that are no literal are skipped."""
+    found: dict[str, Any] = {}
+    for stmt in body:
         if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
             try:
-                names[stmt.targets[0].id] = literal(stmt.value)
+                found[stmt.targets[0].id] = literal(stmt.value)
             except ValueError:
                 continue
-    return tree, literal
+    return found
 
 
 def _class_attrs(tree: ast.Module, literal: _Literal, name: str) -> dict[str, Any]:
     for stmt in tree.body:
         if isinstance(stmt, ast.ClassDef) and stmt.name == name:
-            attrs: dict[str, Any] = {}
-            for item in stmt.body:
-                if isinstance(item, ast.Assign) and len(item.targets) == 1 and isinstance(item.targets[0], ast.Name):
-                    try:
-                        attrs[item.targets[0].id] = literal(item.value)
-                    except ValueError:
-                        continue
-            return attrs
+            return _assignments(stmt.body, literal)
     raise KeyError(name)
 
 
